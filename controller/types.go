@@ -1,0 +1,159 @@
+package controller
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Network is a CNI network definition as the user gave it, plus its peers.
+type Network struct {
+	Name       string   `json:"name"`
+	Type       string   `json:"type"`    // first plugin's type (the chain's main plugin)
+	Plugins    []string `json:"plugins"` // every plugin type in the chain, in order
+	CNIVersion string   `json:"cniVersion"`
+	IsList     bool     `json:"isList"` // given as a .conflist
+	// Config is the raw configuration bytes exactly as given.
+	Config    json.RawMessage `json:"config"`
+	CreatedAt time.Time       `json:"createdAt"`
+	QoS       *QoSPolicy      `json:"qos,omitempty"`
+	Peers     []Peer          `json:"peers"`
+}
+
+// Peer states: a connect records intent before the CNI ADD, so a crash in
+// between leaves a record that gc can finish.
+const (
+	PeerConnecting    = "connecting"
+	PeerConnected     = "connected"
+	PeerDisconnecting = "disconnecting"
+)
+
+// Peer is one attachment of a container to a network, keyed by
+// (Network, ContainerID, IfName).
+type Peer struct {
+	Network     string     `json:"network"`
+	ContainerID string     `json:"containerID"`
+	PID         int        `json:"pid"`
+	IfName      string     `json:"ifname"`
+	IPs         []string   `json:"ips"` // CIDR notation
+	MAC         string     `json:"mac,omitempty"`
+	HostIf      string     `json:"hostInterface,omitempty"`
+	Netns       string     `json:"netns"` // pinned netns path under the state dir
+	State       string     `json:"state"`
+	ConnectedAt time.Time  `json:"connectedAt"`
+	QoS         *QoSPolicy `json:"qos,omitempty"` // per-container override
+}
+
+// ConnectRequest names a container (PID or runc ID) and a network.
+type ConnectRequest struct {
+	Container string
+	Network   string
+	IfName    string // "" picks the first free ethN
+	// ContainerID, when set (hook mode), is the identity; Container is then the PID.
+	ContainerID string
+}
+
+type DisconnectRequest struct {
+	Container string
+	Network   string
+	IfName    string // "" matches the container's only interface on the network
+}
+
+// QoS directions.
+const (
+	DirEgress  = "egress"
+	DirIngress = "ingress"
+	DirBoth    = "both"
+)
+
+// QoSPolicy shapes a container interface. Zero values mean "not set".
+// Rates are in bits per second.
+type QoSPolicy struct {
+	Rate      uint64        `json:"rate,omitempty"`
+	Ceiling   uint64        `json:"ceiling,omitempty"`
+	Delay     time.Duration `json:"delay,omitempty"`
+	Jitter    time.Duration `json:"jitter,omitempty"`
+	Loss      float64       `json:"loss,omitempty"` // percent, 0-100
+	Direction string        `json:"direction,omitempty"`
+}
+
+// NeedsNetem reports whether the policy uses netem (delay, jitter, loss).
+func (p QoSPolicy) NeedsNetem() bool { return p.Delay > 0 || p.Jitter > 0 || p.Loss > 0 }
+
+// IsZero reports whether the policy shapes nothing.
+func (p QoSPolicy) IsZero() bool { return p.Rate == 0 && p.Ceiling == 0 && !p.NeedsNetem() }
+
+// QoSCounters are the kernel's live counters for a shaped interface.
+type QoSCounters struct {
+	Bytes      uint64 `json:"bytes"`
+	Packets    uint64 `json:"packets"`
+	Drops      uint64 `json:"drops"`
+	Overlimits uint64 `json:"overlimits"`
+}
+
+// PeerQoS is one peer's effective policy and counters.
+type PeerQoS struct {
+	Network     string       `json:"network"`
+	ContainerID string       `json:"containerID"`
+	PID         int          `json:"pid"`
+	IfName      string       `json:"ifname"`
+	Source      string       `json:"source"` // "network", "container" or "none"
+	Policy      *QoSPolicy   `json:"policy,omitempty"`
+	Egress      *QoSCounters `json:"egress,omitempty"`
+	Ingress     *QoSCounters `json:"ingress,omitempty"`
+	Error       string       `json:"error,omitempty"`
+}
+
+// Service is a load-balanced virtual address.
+type Service struct {
+	Name        string        `json:"name"`
+	Address     string        `json:"address"` // host:port, IPv6 bracketed
+	Protocol    string        `json:"protocol"`
+	Scheduler   string        `json:"scheduler"`
+	Persistence time.Duration `json:"persistence,omitempty"`
+	Backend     string        `json:"backend"` // "ipvs" or "nftables" once created; "auto" on request
+	Targets     []Target      `json:"targets"`
+	CreatedAt   time.Time     `json:"createdAt"`
+}
+
+// Target is one real server behind a service.
+type Target struct {
+	Address string `json:"address"` // host:port
+	Weight  int    `json:"weight"`
+	Forward string `json:"forward,omitempty"` // nat, dr, tunnel
+}
+
+// Counters are kernel statistics of a service or target.
+type Counters struct {
+	Connections uint64 `json:"connections"`
+	Packets     uint64 `json:"packets"`
+	Bytes       uint64 `json:"bytes"`
+}
+
+// ServiceStatus is a service with live kernel counters.
+type ServiceStatus struct {
+	Service
+	Stats   Counters            `json:"stats"`
+	Targets map[string]Counters `json:"targetStats"`
+}
+
+// HookRequest is what runc handed a hook, plus the environment's choices.
+type HookRequest struct {
+	ID          string
+	Status      string // creating, created, running, stopped
+	PID         int
+	Bundle      string
+	Annotations map[string]string
+	CNIConf     string   // CNI_CONF: a conf or conflist file
+	Networks    []string // CIRCUIT_NETWORK or the circuit.network annotation
+	IfName      string   // CIRCUIT_IFNAME
+}
+
+// HookResult says what a hook did, one line per action.
+type HookResult struct {
+	Actions []string
+}
+
+// Report lists what restore or gc did (or would do, with --dry-run).
+type Report struct {
+	Actions []string `json:"actions"`
+}
