@@ -1,0 +1,46 @@
+# circuit's Makefile stays thin: the work is in hack/.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+PREFIX  ?= /usr/local
+export CGO_ENABLED := 0
+export GOFLAGS := -mod=mod
+
+.PHONY: all build cni install deps test unit vmtest fuzz demo bench clean
+
+all: build cni
+
+build:
+	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/circuit .
+
+# The CNI plugins pinned in go.mod, for the tests and the demo.
+cni:
+	go build -trimpath -o bin/cni/ tool
+
+install: build
+	install -D -m 0755 bin/circuit $(DESTDIR)$(PREFIX)/bin/circuit
+
+deps:
+	hack/deps.sh
+
+# Every tier this machine can run: unit, root (host kernel), fuzz, VM.
+test: deps build cni
+	hack/test.sh
+
+unit:
+	go test -race ./...
+
+fuzz:
+	hack/fuzz.sh
+
+vmtest: deps
+	hack/vmtest.sh
+
+demo: deps build cni
+	hack/demo.sh
+
+bench: build cni
+	hack/bench.sh
+
+clean:
+	rm -rf bin

@@ -1,0 +1,233 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/ds"
+	"github.com/circuit-cni/circuit/pkg/cni"
+	"github.com/circuit-cni/circuit/pkg/netns"
+	"github.com/circuit-cni/circuit/pkg/runc"
+)
+
+// Connect attaches a running container to a network through CNI ADD.
+// Whatever fails after the intent is recorded is undone: no interface, no
+// address reservation, no pin and no record is left behind.
+func (c *Controller) Connect(ctx context.Context, req controller.ConnectRequest) (*controller.Peer, error) {
+	p, err := c.connect(ctx, req)
+	if err != nil {
+		return nil, fmt.Errorf("connect %s to %s: %w", req.Container, req.Network, err)
+	}
+	return p, nil
+}
+
+func (c *Controller) connect(ctx context.Context, req controller.ConnectRequest) (*controller.Peer, error) {
+	n, err := c.network(ctx, req.Network)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := c.loadConfig(n)
+	if err != nil {
+		return nil, err
+	}
+	ctr, err := c.resolve(req)
+	if err != nil {
+		return nil, err
+	}
+	nsPath := netns.ProcPath(ctr.PID)
+	ifname := req.IfName
+	if ifname == "" {
+		if ifname, err = netns.FreeIfName(nsPath); err != nil {
+			return nil, err
+		}
+	} else if err := validIfName(ifname); err != nil {
+		return nil, err
+	}
+
+	p := &controller.Peer{
+		Network:     n.Name,
+		ContainerID: ctr.ID,
+		PID:         ctr.PID,
+		IfName:      ifname,
+		Netns:       c.pinPath(n.Name, ctr.ID, ifname),
+		State:       controller.PeerConnecting,
+		ConnectedAt: time.Now().UTC(),
+	}
+	// Record intent first: a crash from here on leaves a record gc finishes.
+	err = c.store.Update(ctx, func(tx ds.Tx) error {
+		peers, err := tx.ListPeers(n.Name)
+		if err != nil {
+			return err
+		}
+		for _, q := range peers {
+			if q.ContainerID == p.ContainerID {
+				return fmt.Errorf("%w: container %s is already connected to network %s (as %s)", controller.ErrExists, req.Container, n.Name, q.IfName)
+			}
+		}
+		return tx.PutPeer(p)
+	})
+	if err != nil {
+		return nil, err
+	}
+	done := false
+	added := false
+	defer func() {
+		if done {
+			return
+		}
+		// Undo in reverse; use a fresh context so a cancelled caller still cleans up.
+		bg := context.WithoutCancel(ctx)
+		if added {
+			a := cni.Attachment{ContainerID: p.ContainerID, Netns: p.Netns, IfName: p.IfName}
+			if err := c.cni.Del(bg, cfg, a); err != nil {
+				if err := c.cni.DelEach(bg, cfg, a); err != nil {
+					c.log.WithError(err).Debugf("rollback: CNI DEL of %s on %s", p.ContainerID, n.Name)
+				}
+			}
+		}
+		if err := netns.Unpin(p.Netns); err != nil {
+			c.log.WithError(err).Warn("rollback: unpin")
+		}
+		if err := c.store.Update(bg, func(tx ds.Tx) error { return tx.DeletePeer(p.Network, p.ContainerID, p.IfName) }); err != nil {
+			c.log.WithError(err).Warn("rollback: forget peer")
+		}
+	}()
+
+	if err := netns.Pin(nsPath, p.Netns); err != nil {
+		return nil, err
+	}
+	added = true // a failed ADD may have done part of its work: DEL it too
+	res, err := c.cni.Add(ctx, cfg, cni.Attachment{ContainerID: p.ContainerID, Netns: p.Netns, IfName: p.IfName})
+	if err != nil {
+		return nil, fmt.Errorf("CNI ADD: %w", err)
+	}
+	p.IPs, p.MAC, p.HostIf = res.IPs, res.MAC, res.HostIf
+	if mac, peer, err := netns.LinkInfo(p.Netns, p.IfName, netns.ProcPath(os.Getpid())); err == nil {
+		if p.MAC == "" {
+			p.MAC = mac
+		}
+		if p.HostIf == "" {
+			p.HostIf = peer
+		}
+	}
+	if err := c.applyPeerQoS(ctx, n, p); err != nil {
+		return nil, err
+	}
+	p.State = controller.PeerConnected
+	err = c.store.Update(ctx, func(tx ds.Tx) error { return tx.PutPeer(p) })
+	if err != nil {
+		return nil, err
+	}
+	done = true
+	c.log.Debugf("connected %s (pid %d) to %s as %s: %v", p.ContainerID, p.PID, n.Name, p.IfName, p.IPs)
+	return p, nil
+}
+
+func (c *Controller) resolve(req controller.ConnectRequest) (*runc.Container, error) {
+	if req.ContainerID != "" {
+		if err := runc.ValidID(req.ContainerID); err != nil {
+			return nil, err
+		}
+		var pid int
+		if _, err := fmt.Sscanf(req.Container, "%d", &pid); err != nil || pid <= 0 {
+			return nil, fmt.Errorf("%w: container %s has no pid", controller.ErrInvalid, req.ContainerID)
+		}
+		if _, err := runc.StartTime(pid); err != nil {
+			return nil, fmt.Errorf("%w: no process with pid %d", controller.ErrNotFound, pid)
+		}
+		return &runc.Container{ID: req.ContainerID, PID: pid}, nil
+	}
+	return runc.Resolve(c.cfg.RuncRoot, req.Container)
+}
+
+func validIfName(name string) error {
+	if len(name) == 0 || len(name) > 15 || name == "." || name == ".." {
+		return fmt.Errorf("%w: interface name %q must be 1 to 15 characters", controller.ErrInvalid, name)
+	}
+	for _, r := range name {
+		if r == '/' || r == ':' || r <= ' ' || r > '~' {
+			return fmt.Errorf("%w: interface name %q has a character the kernel refuses", controller.ErrInvalid, name)
+		}
+	}
+	return nil
+}
+
+// Disconnect detaches a container, found by the ID or PID it was connected
+// with. It works after the container died: DEL runs against the pin.
+func (c *Controller) Disconnect(ctx context.Context, req controller.DisconnectRequest) error {
+	if err := c.disconnect(ctx, req); err != nil {
+		return fmt.Errorf("disconnect %s from %s: %w", req.Container, req.Network, err)
+	}
+	return nil
+}
+
+func (c *Controller) disconnect(ctx context.Context, req controller.DisconnectRequest) error {
+	n, err := c.network(ctx, req.Network)
+	if err != nil {
+		return err
+	}
+	var match []controller.Peer
+	for _, p := range n.Peers {
+		if (p.ContainerID == req.Container || fmt.Sprint(p.PID) == req.Container) && (req.IfName == "" || p.IfName == req.IfName) {
+			match = append(match, p)
+		}
+	}
+	if len(match) == 0 {
+		// A live runc container may be named by an ID recorded under its PID.
+		if ctr, err := runc.Resolve(c.cfg.RuncRoot, req.Container); err == nil {
+			for _, p := range n.Peers {
+				if p.ContainerID == ctr.ID && (req.IfName == "" || p.IfName == req.IfName) {
+					match = append(match, p)
+				}
+			}
+		}
+	}
+	switch {
+	case len(match) == 0:
+		return fmt.Errorf("%w: container %s is not connected to network %s", controller.ErrNotFound, req.Container, req.Network)
+	case len(match) > 1:
+		return fmt.Errorf("%w: container %s has %d interfaces on network %s; choose one with --ifname", controller.ErrInvalid, req.Container, len(match), req.Network)
+	}
+	return c.detach(ctx, n, &match[0])
+}
+
+// detach undoes one attachment: QoS, CNI DEL (against the pin while the
+// namespace lives), the pin, then the record.
+func (c *Controller) detach(ctx context.Context, n *controller.Network, p *controller.Peer) error {
+	cfg, err := c.loadConfig(n)
+	if err != nil {
+		return err
+	}
+	p.State = controller.PeerDisconnecting
+	if err := c.store.Update(ctx, func(tx ds.Tx) error { return tx.PutPeer(p) }); err != nil {
+		return err
+	}
+	nsPath := p.Netns
+	if !netns.IsNetns(nsPath) {
+		nsPath = "" // gone (reboot): DEL still releases the address
+	}
+	if nsPath != "" {
+		c.resetPeerQoS(p)
+	}
+	if err := c.cni.Del(ctx, cfg, cni.Attachment{ContainerID: p.ContainerID, Netns: nsPath, IfName: p.IfName}); err != nil {
+		return fmt.Errorf("CNI DEL: %w", err)
+	}
+	if err := netns.Unpin(p.Netns); err != nil {
+		return err
+	}
+	err = c.store.Update(ctx, func(tx ds.Tx) error {
+		err := tx.DeletePeer(p.Network, p.ContainerID, p.IfName)
+		if errors.Is(err, controller.ErrNotFound) {
+			return nil
+		}
+		return err
+	})
+	if err == nil {
+		c.log.Debugf("disconnected %s from %s", p.ContainerID, n.Name)
+	}
+	return err
+}

@@ -1,0 +1,84 @@
+// Package local is circuit's default Controller: libcni, netlink and netns
+// on this host, with state in a ds.Datastore.
+package local
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/ds"
+	"github.com/circuit-cni/circuit/ds/bolt"
+	"github.com/circuit-cni/circuit/pkg/cni"
+	"github.com/circuit-cni/circuit/pkg/runc"
+)
+
+// DefaultStateDir holds the datastore, netns pins and libcni's cache.
+const DefaultStateDir = "/var/lib/circuit"
+
+// Config is what the local controller needs from the command line.
+type Config struct {
+	StateDir string   // default /var/lib/circuit
+	CNIPath  []string // plugin search path, in order
+	RuncRoot string   // default /run/runc
+	Log      *logrus.Logger
+	// LockTimeout bounds the wait for another circuit process (default 10s).
+	LockTimeout time.Duration
+}
+
+// Controller implements controller.Controller on this host.
+type Controller struct {
+	cfg   Config
+	store ds.Datastore
+	cni   *cni.Runtime
+	log   *logrus.Logger
+}
+
+var _ controller.Controller = (*Controller)(nil)
+
+// New opens the state dir. circuit changes the kernel's network state, so
+// it refuses to start without root.
+func New(cfg Config) (*Controller, error) {
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("%w: circuit must run as root (it needs CAP_NET_ADMIN and CAP_SYS_ADMIN to change network namespaces)", controller.ErrPermission)
+	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = DefaultStateDir
+	}
+	if cfg.RuncRoot == "" {
+		cfg.RuncRoot = runc.DefaultRoot
+	}
+	if cfg.Log == nil {
+		cfg.Log = logrus.StandardLogger()
+	}
+	var opts []bolt.Option
+	if cfg.LockTimeout > 0 {
+		opts = append(opts, bolt.WithTimeout(cfg.LockTimeout))
+	}
+	store, err := bolt.Open(cfg.StateDir, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &Controller{
+		cfg:   cfg,
+		store: store,
+		cni:   cni.NewRuntime(cfg.CNIPath, filepath.Join(cfg.StateDir, "cache")),
+		log:   cfg.Log,
+	}, nil
+}
+
+// Close releases the datastore.
+func (c *Controller) Close() error { return c.store.Close() }
+
+// pinPath is where a peer's netns is pinned: one pin per attachment, named
+// by a hash so no user-supplied string becomes a path.
+func (c *Controller) pinPath(network, containerID, ifname string) string {
+	sum := sha256.Sum256([]byte(network + "\x00" + containerID + "\x00" + ifname))
+	return filepath.Join(c.cfg.StateDir, "netns", hex.EncodeToString(sum[:12]))
+}

@@ -1,0 +1,46 @@
+package local
+
+import (
+	"context"
+	"errors"
+
+	"github.com/circuit-cni/circuit/controller"
+)
+
+var errTODO = errors.New("not implemented yet")
+
+func (c *Controller) applyPeerQoS(ctx context.Context, n *controller.Network, p *controller.Peer) error {
+	return nil
+}
+func (c *Controller) resetPeerQoS(p *controller.Peer) {}
+
+func (c *Controller) SetQoS(ctx context.Context, network, container string, p controller.QoSPolicy) error {
+	return errTODO
+}
+func (c *Controller) ResetQoS(ctx context.Context, network, container string) error { return errTODO }
+func (c *Controller) ShowQoS(ctx context.Context, network string) ([]controller.PeerQoS, error) {
+	return nil, errTODO
+}
+func (c *Controller) CreateService(ctx context.Context, svc controller.Service) (*controller.Service, error) {
+	return nil, errTODO
+}
+func (c *Controller) AddTargets(ctx context.Context, service string, targets []controller.Target) error {
+	return errTODO
+}
+func (c *Controller) RemoveTargets(ctx context.Context, service string, targets []string) error {
+	return errTODO
+}
+func (c *Controller) DeleteService(ctx context.Context, service string) error { return errTODO }
+func (c *Controller) ListServices(ctx context.Context) ([]controller.Service, error) {
+	return nil, errTODO
+}
+func (c *Controller) ShowService(ctx context.Context, service string) (*controller.ServiceStatus, error) {
+	return nil, errTODO
+}
+func (c *Controller) Hook(ctx context.Context, req controller.HookRequest) (*controller.HookResult, error) {
+	return nil, errTODO
+}
+func (c *Controller) Restore(ctx context.Context) (*controller.Report, error) { return nil, errTODO }
+func (c *Controller) GC(ctx context.Context, dryRun bool) (*controller.Report, error) {
+	return nil, errTODO
+}

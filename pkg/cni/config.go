@@ -1,0 +1,130 @@
+// Package cni loads, validates and runs CNI network configurations through
+// libcni. A single-plugin .conf is run as a one-plugin list so that every
+// network takes the same path (ADD, DEL, GC) through libcni.
+package cni
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"slices"
+
+	"github.com/containernetworking/cni/libcni"
+
+	"github.com/circuit-cni/circuit/controller"
+)
+
+// MaxConfigSize bounds a configuration file; real ones are a few KiB.
+const MaxConfigSize = 1 << 20
+
+// SupportedVersions are the CNI spec versions circuit accepts.
+var SupportedVersions = []string{"0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"}
+
+var (
+	// Network names become file and kernel object names: keep them tame.
+	nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+	// Plugin types are looked up as executables in the CNI path: bare names only.
+	typeRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+)
+
+// Config is a validated network configuration.
+type Config struct {
+	Name       string
+	CNIVersion string
+	Plugins    []string // plugin types in chain order
+	IsList     bool
+	Raw        []byte // as given
+	List       *libcni.NetworkConfigList
+}
+
+// ValidateName checks a network name.
+func ValidateName(name string) error {
+	if !nameRE.MatchString(name) || name == "." || name == ".." {
+		return fmt.Errorf("%w: network name %q: use 1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit", controller.ErrInvalid, name)
+	}
+	return nil
+}
+
+// Parse validates raw CNI configuration bytes (.conf or .conflist).
+func Parse(raw []byte) (*Config, error) {
+	if len(raw) > MaxConfigSize {
+		return nil, fmt.Errorf("%w: configuration is larger than 1 MiB", controller.ErrInvalid)
+	}
+	var top map[string]json.RawMessage
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if err := dec.Decode(&top); err != nil {
+		return nil, fmt.Errorf("%w: configuration is not a JSON object: %v", controller.ErrInvalid, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: configuration has data after its JSON object", controller.ErrInvalid)
+	}
+	var head struct {
+		Name       *string          `json:"name"`
+		CNIVersion string           `json:"cniVersion"`
+		Type       *string          `json:"type"`
+		Plugins    []map[string]any `json:"plugins"`
+	}
+	if err := json.Unmarshal(raw, &head); err != nil {
+		return nil, fmt.Errorf("%w: configuration: %v", controller.ErrInvalid, err)
+	}
+	if head.Name == nil || *head.Name == "" {
+		return nil, fmt.Errorf("%w: configuration has no \"name\"", controller.ErrInvalid)
+	}
+	if err := ValidateName(*head.Name); err != nil {
+		return nil, err
+	}
+	if head.CNIVersion == "" {
+		return nil, fmt.Errorf("%w: network %s: configuration has no \"cniVersion\"", controller.ErrInvalid, *head.Name)
+	}
+	if !slices.Contains(SupportedVersions, head.CNIVersion) {
+		return nil, fmt.Errorf("%w: network %s: cniVersion %q is not supported (use one of 0.2.0 to 1.1.0)", controller.ErrInvalid, *head.Name, head.CNIVersion)
+	}
+	cfg := &Config{Name: *head.Name, CNIVersion: head.CNIVersion, Raw: raw}
+	_, cfg.IsList = top["plugins"]
+
+	var err error
+	if cfg.IsList {
+		if len(head.Plugins) == 0 {
+			return nil, fmt.Errorf("%w: network %s: \"plugins\" is empty", controller.ErrInvalid, cfg.Name)
+		}
+		for i, p := range head.Plugins {
+			t, _ := p["type"].(string)
+			if err := validateType(cfg.Name, t, i); err != nil {
+				return nil, err
+			}
+			cfg.Plugins = append(cfg.Plugins, t)
+		}
+		cfg.List, err = libcni.NetworkConfFromBytes(raw)
+	} else {
+		if head.Type == nil {
+			return nil, fmt.Errorf("%w: network %s: configuration has no \"type\"", controller.ErrInvalid, cfg.Name)
+		}
+		if err := validateType(cfg.Name, *head.Type, -1); err != nil {
+			return nil, err
+		}
+		cfg.Plugins = []string{*head.Type}
+		var pc *libcni.PluginConfig
+		if pc, err = libcni.NetworkPluginConfFromBytes(raw); err == nil {
+			cfg.List, err = libcni.ConfListFromConf(pc) //nolint:staticcheck // .conf files are part of circuit's contract
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: network %s: %v", controller.ErrInvalid, cfg.Name, err)
+	}
+	return cfg, nil
+}
+
+func validateType(network, t string, index int) error {
+	where := "configuration"
+	if index >= 0 {
+		where = fmt.Sprintf("plugin %d", index)
+	}
+	if t == "" {
+		return fmt.Errorf("%w: network %s: %s has no \"type\"", controller.ErrInvalid, network, where)
+	}
+	if !typeRE.MatchString(t) || t == "." || t == ".." {
+		return fmt.Errorf("%w: network %s: %s type %q must be a plain plugin name, not a path", controller.ErrInvalid, network, where, t)
+	}
+	return nil
+}

@@ -1,0 +1,121 @@
+package cni
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+)
+
+// Runtime runs plugins found in a search path, with libcni's result cache
+// kept in a directory of circuit's.
+type Runtime struct {
+	cni *libcni.CNIConfig
+}
+
+// NewRuntime searches paths, in order, for plugins.
+func NewRuntime(paths []string, cacheDir string) *Runtime {
+	return &Runtime{cni: libcni.NewCNIConfigWithCacheDir(paths, cacheDir, nil)}
+}
+
+// Attachment identifies one interface of one container on a network.
+type Attachment struct {
+	ContainerID string
+	Netns       string // "" when the namespace is gone
+	IfName      string
+}
+
+func (a Attachment) rt() *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{ContainerID: a.ContainerID, NetNS: a.Netns, IfName: a.IfName}
+}
+
+// Result is what circuit keeps of a plugin chain's result.
+type Result struct {
+	IPs    []string // CIDR
+	MAC    string
+	HostIf string
+}
+
+// Add runs ADD through the chain.
+func (r *Runtime) Add(ctx context.Context, cfg *Config, a Attachment) (*Result, error) {
+	res, err := r.cni.AddNetworkList(ctx, cfg.List, a.rt())
+	if err != nil {
+		return nil, err
+	}
+	return convert(res, a.IfName)
+}
+
+// Del runs DEL through the chain, using libcni's cached result.
+func (r *Runtime) Del(ctx context.Context, cfg *Config, a Attachment) error {
+	return r.cni.DelNetworkList(ctx, cfg.List, a.rt())
+}
+
+// DelEach runs DEL plugin by plugin, last first, going on past failures,
+// so that a chain whose ADD failed half-way (or one of whose plugins has
+// since gone) still gives back what its other plugins made.
+func (r *Runtime) DelEach(ctx context.Context, cfg *Config, a Attachment) error {
+	var errs []error
+	for i := len(cfg.List.Plugins) - 1; i >= 0; i-- {
+		one := *cfg.List
+		one.Plugins = cfg.List.Plugins[i : i+1]
+		if err := r.cni.DelNetworkList(ctx, &one, a.rt()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// GC asks the plugins (CNI 1.1) to release whatever is not among valid.
+func (r *Runtime) GC(ctx context.Context, cfg *Config, valid []Attachment) error {
+	args := &libcni.GCArgs{}
+	for _, a := range valid {
+		args.ValidAttachments = append(args.ValidAttachments, types.GCAttachment{ContainerID: a.ContainerID, IfName: a.IfName})
+	}
+	return r.cni.GCNetworkList(ctx, cfg.List, args)
+}
+
+// Cached lists the attachments libcni has cached results for on a network.
+func (r *Runtime) Cached(network string) ([]Attachment, error) {
+	all, err := r.cni.GetCachedAttachments("")
+	if err != nil {
+		return nil, err
+	}
+	var out []Attachment
+	for _, c := range all {
+		if c.Network == network {
+			out = append(out, Attachment{ContainerID: c.ContainerID, Netns: c.NetNS, IfName: c.IfName})
+		}
+	}
+	return out, nil
+}
+
+// convert reads addresses and interfaces from any result version.
+func convert(res types.Result, ifname string) (*Result, error) {
+	if res == nil {
+		return nil, errors.New("plugin chain returned no result")
+	}
+	cur, err := current.NewResultFromResult(res)
+	if err != nil {
+		return nil, fmt.Errorf("read plugin result: %w", err)
+	}
+	out := &Result{}
+	for _, ip := range cur.IPs {
+		out.IPs = append(out.IPs, (&net.IPNet{IP: ip.Address.IP, Mask: ip.Address.Mask}).String())
+	}
+	// The container's interface has a sandbox; the host side of a veth is the
+	// last sandbox-less interface before it (bridge plugins list the bridge first).
+	for _, itf := range cur.Interfaces {
+		if itf.Sandbox != "" {
+			if itf.Name == ifname && out.MAC == "" {
+				out.MAC = itf.Mac
+			}
+			continue
+		}
+		out.HostIf = itf.Name
+	}
+	return out, nil
+}

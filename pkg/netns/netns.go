@@ -1,0 +1,165 @@
+// Package netns pins network namespaces and runs work inside them without
+// leaving an OS thread in the wrong namespace.
+package netns
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// ProcPath is the netns file of a process.
+func ProcPath(pid int) string { return "/proc/" + strconv.Itoa(pid) + "/ns/net" }
+
+// Pin bind-mounts the namespace at src onto dst (a new file), so the
+// namespace and whatever plugins put in it outlive the container's process
+// until Unpin, as container runtimes do.
+func Pin(src, dst string) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+		return fmt.Errorf("pin netns: %w", err)
+	}
+	f, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("pin netns: %w", err)
+	}
+	f.Close()
+	if err := unix.Mount(src, dst, "none", unix.MS_BIND, ""); err != nil {
+		os.Remove(dst)
+		return fmt.Errorf("pin netns %s at %s: %w", src, dst, err)
+	}
+	return nil
+}
+
+// Unpin releases a pin. A missing pin, or one that is no longer mounted
+// (after a reboot), is not an error.
+func Unpin(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unpin netns %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("unpin netns %s: %w", path, err)
+	}
+	return nil
+}
+
+// IsNetns reports whether path is a live network namespace (a pin that did
+// not survive a reboot is a plain empty file).
+func IsNetns(path string) bool {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return false
+	}
+	return st.Type == unix.NSFS_MAGIC
+}
+
+// Same reports whether two paths name the same namespace.
+func Same(a, b string) bool {
+	var sa, sb unix.Stat_t
+	if unix.Stat(a, &sa) != nil || unix.Stat(b, &sb) != nil {
+		return false
+	}
+	return sa.Dev == sb.Dev && sa.Ino == sb.Ino
+}
+
+// Handle returns a netlink handle bound to the namespace at path; no thread
+// switches namespace to use it.
+func Handle(path string) (*netlink.Handle, error) {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("open netns %s: %w", path, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in netns %s: %w", path, err)
+	}
+	return h, nil
+}
+
+// Do runs fn inside the namespace at path on a dedicated, locked OS thread.
+// If switching back fails, the thread stays locked and dies with its
+// goroutine instead of returning to the pool in the wrong namespace.
+func Do(path string, fn func() error) error {
+	target, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", path, err)
+	}
+	defer target.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("current netns: %w", err)
+			return // thread untouched, but stays locked: harmless
+		}
+		defer orig.Close()
+		if err := netns.Set(target); err != nil {
+			errc <- fmt.Errorf("enter netns %s: %w", path, err)
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			errc <- fmt.Errorf("leave netns %s: %w", path, err)
+			return // keep the thread locked: it exits with the goroutine
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// FreeIfName returns the first ethN name not used in the namespace.
+func FreeIfName(path string) (string, error) {
+	h, err := Handle(path)
+	if err != nil {
+		return "", err
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return "", fmt.Errorf("list links in %s: %w", path, err)
+	}
+	used := map[string]bool{}
+	for _, l := range links {
+		used[l.Attrs().Name] = true
+	}
+	for i := 0; ; i++ {
+		if n := "eth" + strconv.Itoa(i); !used[n] {
+			return n, nil
+		}
+	}
+}
+
+// LinkInfo reads an interface's MAC and, for a veth, the name of its peer in
+// the namespace at hostPath.
+func LinkInfo(path, ifname, hostPath string) (mac, peer string, err error) {
+	h, err := Handle(path)
+	if err != nil {
+		return "", "", err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(ifname)
+	if err != nil {
+		return "", "", fmt.Errorf("find %s in %s: %w", ifname, path, err)
+	}
+	mac = l.Attrs().HardwareAddr.String()
+	if _, ok := l.(*netlink.Veth); ok && l.Attrs().ParentIndex > 0 {
+		hh, err := Handle(hostPath)
+		if err != nil {
+			return mac, "", nil
+		}
+		defer hh.Close()
+		if pl, err := hh.LinkByIndex(l.Attrs().ParentIndex); err == nil {
+			peer = pl.Attrs().Name
+		}
+	}
+	return mac, peer, nil
+}

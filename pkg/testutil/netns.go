@@ -1,0 +1,69 @@
+package testutil
+
+import (
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Netns creates a named network namespace (ip netns) with lo up and returns
+// its name; it is deleted when the test ends.
+func Netns(t testing.TB, prefix string) string {
+	t.Helper()
+	name := RandName(prefix)
+	Run(t, "ip", "netns", "add", name)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	Run(t, "ip", "-n", name, "link", "set", "lo", "up")
+	return name
+}
+
+// NetnsPath is the file of a named namespace.
+func NetnsPath(name string) string { return "/var/run/netns/" + name }
+
+// Sleeper is a process alone in a new network namespace: the smallest thing
+// circuit can connect, when a test does not need runc.
+type Sleeper struct {
+	Cmd *exec.Cmd
+	PID int
+}
+
+// NewSleeper starts `sleep` in a fresh network namespace (unshare -n) and
+// kills it when the test ends.
+func NewSleeper(t testing.TB) *Sleeper {
+	t.Helper()
+	cmd := exec.Command(Busybox(), "sleep", "3600")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start sleeper: %v", err)
+	}
+	s := &Sleeper{Cmd: cmd, PID: cmd.Process.Pid}
+	t.Cleanup(s.Kill)
+	// Wait until the process has its own namespace.
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		a, _ := os.Readlink("/proc/self/ns/net")
+		b, _ := os.Readlink("/proc/" + strconv.Itoa(s.PID) + "/ns/net")
+		if b != "" && a != b {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return s
+}
+
+// Kill ends the process and reaps it.
+func (s *Sleeper) Kill() {
+	if s.Cmd.ProcessState == nil {
+		s.Cmd.Process.Kill()
+		s.Cmd.Wait()
+	}
+}
+
+// Exec runs a command inside the sleeper's network namespace.
+func (s *Sleeper) Exec(name string, args ...string) ([]byte, error) {
+	a := append([]string{"-t", strconv.Itoa(s.PID), "-n", name}, args...)
+	return exec.Command("nsenter", a...).CombinedOutput()
+}
