@@ -37,9 +37,6 @@ func (c *Controller) ListServices(ctx context.Context) ([]controller.Service, er
 func (c *Controller) ShowService(ctx context.Context, service string) (*controller.ServiceStatus, error) {
 	return nil, errTODO
 }
-func (c *Controller) Hook(ctx context.Context, req controller.HookRequest) (*controller.HookResult, error) {
-	return nil, errTODO
-}
 func (c *Controller) Restore(ctx context.Context) (*controller.Report, error) { return nil, errTODO }
 func (c *Controller) GC(ctx context.Context, dryRun bool) (*controller.Report, error) {
 	return nil, errTODO
