@@ -9,18 +9,6 @@ import (
 
 var errTODO = errors.New("not implemented yet")
 
-func (c *Controller) applyPeerQoS(ctx context.Context, n *controller.Network, p *controller.Peer) error {
-	return nil
-}
-func (c *Controller) resetPeerQoS(p *controller.Peer) {}
-
-func (c *Controller) SetQoS(ctx context.Context, network, container string, p controller.QoSPolicy) error {
-	return errTODO
-}
-func (c *Controller) ResetQoS(ctx context.Context, network, container string) error { return errTODO }
-func (c *Controller) ShowQoS(ctx context.Context, network string) ([]controller.PeerQoS, error) {
-	return nil, errTODO
-}
 func (c *Controller) CreateService(ctx context.Context, svc controller.Service) (*controller.Service, error) {
 	return nil, errTODO
 }

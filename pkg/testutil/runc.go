@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -161,7 +160,6 @@ func (c *Container) Stop(t testing.TB) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if out, err := c.Bundle.Runc("delete", "-f", c.ID); err != nil {
-		t.Fatalf("runc delete %s: %v: %s", c.ID, err, out)
+		t.Errorf("runc delete %s: %v: %s", c.ID, err, out) // Errorf: Stop may run on another goroutine
 	}
-	_ = strconv.Itoa
 }
