@@ -26,6 +26,3 @@ func (c *Controller) ShowService(ctx context.Context, service string) (*controll
 	return nil, errTODO
 }
 func (c *Controller) Restore(ctx context.Context) (*controller.Report, error) { return nil, errTODO }
-func (c *Controller) GC(ctx context.Context, dryRun bool) (*controller.Report, error) {
-	return nil, errTODO
-}
