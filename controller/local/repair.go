@@ -106,6 +106,7 @@ func (c *Controller) GC(ctx context.Context, dryRun bool) (*controller.Report, e
 				continue
 			}
 			say("delete unrecorded CNI attachment %s/%s on %s", a.ContainerID, a.IfName, n.Name)
+			known[a.ContainerID+"/"+a.IfName] = true // its reservation goes with it
 			if !dryRun {
 				if !netns.IsNetns(a.Netns) {
 					a.Netns = ""
@@ -115,7 +116,6 @@ func (c *Controller) GC(ctx context.Context, dryRun bool) (*controller.Report, e
 						errs = append(errs, fmt.Errorf("gc: DEL %s on %s: %w", a.ContainerID, n.Name, err))
 					}
 				}
-				known[a.ContainerID+"/"+a.IfName] = true // its reservation went with it
 			}
 		}
 		for _, r := range reserved[n.Name] {

@@ -1,0 +1,388 @@
+package bolt
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/ds"
+)
+
+var errReadOnly = errors.New("write in a read-only transaction")
+
+// tx implements ds.Tx. Values are JSON-decoded inside the transaction, which
+// copies them out of bbolt's memory map: they stay valid after it closes.
+type tx struct {
+	btx  *bbolt.Tx     // nil in a View of a store with no file
+	root *bbolt.Bucket // v1/; nil until the first write creates it
+}
+
+var _ ds.Tx = (*tx)(nil)
+
+// GetNetwork returns the named network, without peers.
+func (t *tx) GetNetwork(name string) (*controller.Network, error) {
+	if err := validName("network", name); err != nil {
+		return nil, err
+	}
+	nb := t.network(name)
+	if nb == nil {
+		return nil, notFound("network %q", name)
+	}
+	var n controller.Network
+	if err := decode(nb.Get(keyConfig), &n, "network %q", name); err != nil {
+		return nil, err
+	}
+	return &n, nil
+}
+
+// ListNetworks returns every network, without peers, sorted by name.
+func (t *tx) ListNetworks() ([]controller.Network, error) {
+	nets := []controller.Network{}
+	b := t.bucket(bucketNetworks)
+	if b == nil {
+		return nets, nil
+	}
+	err := b.ForEachBucket(func(k []byte) error {
+		var n controller.Network
+		if err := decode(b.Bucket(k).Get(keyConfig), &n, "network %q", k); err != nil {
+			return err
+		}
+		nets = append(nets, n)
+		return nil
+	})
+	return nets, err
+}
+
+// PutNetwork creates or replaces a network record; a replaced network keeps
+// its peers. n.Peers is not stored: peers have their own records.
+func (t *tx) PutNetwork(n *controller.Network) error {
+	if n == nil {
+		return fmt.Errorf("put network: nil network: %w", controller.ErrInvalid)
+	}
+	if err := t.writable("put network %q", n.Name); err != nil {
+		return err
+	}
+	if err := validName("network", n.Name); err != nil {
+		return err
+	}
+	rec := *n
+	rec.Peers = nil
+	data, err := json.Marshal(&rec)
+	if err != nil {
+		return fmt.Errorf("put network %q: %w", n.Name, err)
+	}
+	nb, err := t.root.Bucket(bucketNetworks).CreateBucketIfNotExists([]byte(n.Name))
+	if err != nil {
+		return fmt.Errorf("put network %q: %w", n.Name, err)
+	}
+	if err := nb.Put(keyConfig, data); err != nil {
+		return fmt.Errorf("put network %q: %w", n.Name, err)
+	}
+	return nil
+}
+
+// DeleteNetwork deletes a network and, as they live in its bucket, its peers.
+func (t *tx) DeleteNetwork(name string) error {
+	if err := t.writable("delete network %q", name); err != nil {
+		return err
+	}
+	if err := validName("network", name); err != nil {
+		return err
+	}
+	if t.network(name) == nil {
+		return notFound("network %q", name)
+	}
+	if err := t.root.Bucket(bucketNetworks).DeleteBucket([]byte(name)); err != nil {
+		return fmt.Errorf("delete network %q: %w", name, err)
+	}
+	return nil
+}
+
+// GetPeer returns one attachment.
+func (t *tx) GetPeer(network, containerID, ifname string) (*controller.Peer, error) {
+	if err := validPeerKey(network, containerID, ifname); err != nil {
+		return nil, err
+	}
+	nb := t.network(network)
+	if nb == nil {
+		return nil, notFound("network %q", network)
+	}
+	raw := get(peerBucket(nb, containerID), ifname)
+	if raw == nil {
+		return nil, peerNotFound(network, containerID, ifname)
+	}
+	var p controller.Peer
+	if err := decode(raw, &p, "peer %q", peerName(network, containerID, ifname)); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// ListPeers returns the peers of one network, or of all with network "",
+// sorted by network, container ID and interface name.
+func (t *tx) ListPeers(network string) ([]controller.Peer, error) {
+	peers := []controller.Peer{}
+	if network != "" {
+		if err := validName("network", network); err != nil {
+			return nil, err
+		}
+		nb := t.network(network)
+		if nb == nil {
+			return nil, notFound("network %q", network)
+		}
+		return appendPeers(peers, nb, network)
+	}
+	b := t.bucket(bucketNetworks)
+	if b == nil {
+		return peers, nil
+	}
+	err := b.ForEachBucket(func(k []byte) error {
+		var err error
+		peers, err = appendPeers(peers, b.Bucket(k), string(k))
+		return err
+	})
+	return peers, err
+}
+
+// PutPeer creates or replaces an attachment on an existing network.
+func (t *tx) PutPeer(p *controller.Peer) error {
+	if p == nil {
+		return fmt.Errorf("put peer: nil peer: %w", controller.ErrInvalid)
+	}
+	name := peerName(p.Network, p.ContainerID, p.IfName)
+	if err := t.writable("put peer %q", name); err != nil {
+		return err
+	}
+	if err := validPeerKey(p.Network, p.ContainerID, p.IfName); err != nil {
+		return err
+	}
+	nb := t.network(p.Network)
+	if nb == nil {
+		return fmt.Errorf("put peer %q: %w", name, notFound("network %q", p.Network))
+	}
+	data, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("put peer %q: %w", name, err)
+	}
+	pb, err := nb.CreateBucketIfNotExists(bucketPeers)
+	if err != nil {
+		return fmt.Errorf("put peer %q: %w", name, err)
+	}
+	cb, err := pb.CreateBucketIfNotExists([]byte(p.ContainerID))
+	if err != nil {
+		return fmt.Errorf("put peer %q: %w", name, err)
+	}
+	if err := cb.Put([]byte(p.IfName), data); err != nil {
+		return fmt.Errorf("put peer %q: %w", name, err)
+	}
+	return nil
+}
+
+// DeletePeer deletes one attachment, and its container's bucket once empty.
+func (t *tx) DeletePeer(network, containerID, ifname string) error {
+	name := peerName(network, containerID, ifname)
+	if err := t.writable("delete peer %q", name); err != nil {
+		return err
+	}
+	if err := validPeerKey(network, containerID, ifname); err != nil {
+		return err
+	}
+	nb := t.network(network)
+	if nb == nil {
+		return notFound("network %q", network)
+	}
+	cb := peerBucket(nb, containerID)
+	if get(cb, ifname) == nil {
+		return peerNotFound(network, containerID, ifname)
+	}
+	if err := cb.Delete([]byte(ifname)); err != nil {
+		return fmt.Errorf("delete peer %q: %w", name, err)
+	}
+	if k, _ := cb.Cursor().First(); k == nil {
+		if err := nb.Bucket(bucketPeers).DeleteBucket([]byte(containerID)); err != nil {
+			return fmt.Errorf("delete peer %q: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// GetService returns the named service.
+func (t *tx) GetService(name string) (*controller.Service, error) {
+	if err := validName("service", name); err != nil {
+		return nil, err
+	}
+	raw := get(t.bucket(bucketServices), name)
+	if raw == nil {
+		return nil, notFound("service %q", name)
+	}
+	var s controller.Service
+	if err := decode(raw, &s, "service %q", name); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// ListServices returns every service, sorted by name.
+func (t *tx) ListServices() ([]controller.Service, error) {
+	svcs := []controller.Service{}
+	b := t.bucket(bucketServices)
+	if b == nil {
+		return svcs, nil
+	}
+	err := b.ForEach(func(k, v []byte) error {
+		var s controller.Service
+		if err := decode(v, &s, "service %q", k); err != nil {
+			return err
+		}
+		svcs = append(svcs, s)
+		return nil
+	})
+	return svcs, err
+}
+
+// PutService creates or replaces a service.
+func (t *tx) PutService(s *controller.Service) error {
+	if s == nil {
+		return fmt.Errorf("put service: nil service: %w", controller.ErrInvalid)
+	}
+	if err := t.writable("put service %q", s.Name); err != nil {
+		return err
+	}
+	if err := validName("service", s.Name); err != nil {
+		return err
+	}
+	data, err := json.Marshal(s)
+	if err != nil {
+		return fmt.Errorf("put service %q: %w", s.Name, err)
+	}
+	if err := t.root.Bucket(bucketServices).Put([]byte(s.Name), data); err != nil {
+		return fmt.Errorf("put service %q: %w", s.Name, err)
+	}
+	return nil
+}
+
+// DeleteService deletes a service.
+func (t *tx) DeleteService(name string) error {
+	if err := t.writable("delete service %q", name); err != nil {
+		return err
+	}
+	if err := validName("service", name); err != nil {
+		return err
+	}
+	b := t.root.Bucket(bucketServices)
+	if b.Get([]byte(name)) == nil {
+		return notFound("service %q", name)
+	}
+	if err := b.Delete([]byte(name)); err != nil {
+		return fmt.Errorf("delete service %q: %w", name, err)
+	}
+	return nil
+}
+
+// writable fails in a View. bbolt would refuse the write itself, but not
+// in a View of a store with no file, which has no bbolt transaction.
+func (t *tx) writable(format string, args ...any) error {
+	if t.btx == nil || !t.btx.Writable() {
+		return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), errReadOnly)
+	}
+	return nil
+}
+
+// bucket returns a top-level bucket under v1/, or nil on an empty store.
+func (t *tx) bucket(name []byte) *bbolt.Bucket {
+	return sub(t.root, name)
+}
+
+// network returns a network's bucket, or nil.
+func (t *tx) network(name string) *bbolt.Bucket {
+	return sub(t.bucket(bucketNetworks), []byte(name))
+}
+
+// peerBucket returns a container's peer bucket in a network, or nil.
+func peerBucket(nb *bbolt.Bucket, containerID string) *bbolt.Bucket {
+	return sub(sub(nb, bucketPeers), []byte(containerID))
+}
+
+// sub returns a nested bucket, or nil; b may be nil, which bbolt's methods
+// do not allow.
+func sub(b *bbolt.Bucket, name []byte) *bbolt.Bucket {
+	if b == nil {
+		return nil
+	}
+	return b.Bucket(name)
+}
+
+// get returns a key's value, or nil; b may be nil.
+func get(b *bbolt.Bucket, key string) []byte {
+	if b == nil {
+		return nil
+	}
+	return b.Get([]byte(key))
+}
+
+func appendPeers(peers []controller.Peer, nb *bbolt.Bucket, network string) ([]controller.Peer, error) {
+	pb := nb.Bucket(bucketPeers)
+	if pb == nil {
+		return peers, nil
+	}
+	err := pb.ForEachBucket(func(cid []byte) error {
+		return pb.Bucket(cid).ForEach(func(ifname, v []byte) error {
+			var p controller.Peer
+			if err := decode(v, &p, "peer %q", peerName(network, string(cid), string(ifname))); err != nil {
+				return err
+			}
+			peers = append(peers, p)
+			return nil
+		})
+	})
+	return peers, err
+}
+
+// decode unmarshals a stored record; format and args name it in errors.
+func decode(raw []byte, v any, format string, args ...any) error {
+	if raw == nil {
+		return fmt.Errorf("%s: record missing from datastore", fmt.Sprintf(format, args...))
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return fmt.Errorf("%s: decode datastore record: %w", fmt.Sprintf(format, args...), err)
+	}
+	return nil
+}
+
+func notFound(format string, args ...any) error {
+	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), controller.ErrNotFound)
+}
+
+func peerNotFound(network, containerID, ifname string) error {
+	return notFound("peer %q on network %q", containerID+"/"+ifname, network)
+}
+
+func peerName(network, containerID, ifname string) string {
+	return network + "/" + containerID + "/" + ifname
+}
+
+// validName rejects names that cannot be keys: empty ones, and ones that
+// would be dangerous if a name ever became a path.
+func validName(kind, name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("%s name is empty: %w", kind, controller.ErrInvalid)
+	case name == "." || name == ".." || strings.ContainsAny(name, "/\x00"):
+		return fmt.Errorf(`%s name %q: must not contain "/" or NUL, or be "." or "..": %w`, kind, name, controller.ErrInvalid)
+	}
+	return nil
+}
+
+func validPeerKey(network, containerID, ifname string) error {
+	if err := validName("network", network); err != nil {
+		return err
+	}
+	if err := validName("container ID", containerID); err != nil {
+		return err
+	}
+	return validName("interface", ifname)
+}
