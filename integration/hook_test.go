@@ -95,7 +95,7 @@ func TestHookMissingConfFailsStart(t *testing.T) {
 	if _, err := b.Start(t, id); err == nil {
 		t.Fatal("runc run succeeded with a hook pointing at a missing CNI_CONF")
 	}
-	if out, _ := exec.Command("ip", "-o", "link", "show", "master", c.bridge).CombinedOutput(); strings.TrimSpace(string(out)) != "" {
+	if out, err := exec.Command("ip", "-o", "link", "show", "master", c.bridge).CombinedOutput(); err == nil && strings.TrimSpace(string(out)) != "" {
 		t.Errorf("veth left: %s", out)
 	}
 	if p := c.pins(); len(p) != 0 {

@@ -100,12 +100,14 @@ func (c *cli) pins() []string {
 	return p
 }
 
-// natRulesFor lists NAT rules that name a container.
+// natRulesFor lists NAT rules that name a container (plugins put its ID in
+// a rule comment), through iptables and nft alike.
 func natRulesFor(id string) string {
-	out, _ := exec.Command("iptables-save", "-t", "nat").CombinedOutput()
+	ipt, _ := exec.Command("iptables-save", "-t", "nat").CombinedOutput()
+	nft, _ := exec.Command("nft", "list", "ruleset").CombinedOutput()
 	var hits []string
-	for _, l := range strings.Split(string(out), "\n") {
-		if strings.Contains(l, `id: "`+id+`"`) {
+	for _, l := range strings.Split(string(ipt)+string(nft), "\n") {
+		if strings.Contains(l, id) {
 			hits = append(hits, l)
 		}
 	}
@@ -144,7 +146,7 @@ func containerIP(t *testing.T, ctr *testutil.Container) string {
 }
 
 func ping(ctr *testutil.Container, addr string) error {
-	out, err := ctr.Exec("ping", "-c", "1", "-W", "2", addr)
+	out, err := ctr.Exec("ping", "-c", "2", "-W", "3", addr)
 	if err != nil {
 		return fmt.Errorf("ping %s from %s: %v\n%s", addr, ctr.ID, err, out)
 	}

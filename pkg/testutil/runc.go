@@ -104,7 +104,17 @@ func (b *Bundle) Runc(args ...string) ([]byte, error) {
 // when the test ends.
 func (b *Bundle) Start(t testing.TB, id string) (*Container, error) {
 	t.Helper()
-	out, err := b.Runc("run", "-d", "--bundle", b.Dir, id)
+	// A detached container inherits runc's stdio: give it a file, not a
+	// pipe that would never close.
+	logf, err := os.CreateTemp(b.Dir, "run-*.log")
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	cmd := exec.Command("runc", "--root", b.Root, "run", "-d", "--bundle", b.Dir, id)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	err = cmd.Run()
+	out, _ := os.ReadFile(logf.Name())
 	t.Cleanup(func() {
 		b.Runc("kill", id, "KILL")
 		b.Runc("delete", "-f", id)

@@ -1,0 +1,235 @@
+package cmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/urfave/cli/v3"
+
+	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/pkg/ocistate"
+)
+
+// hookPATH is the PATH written into hook entries: runc runs hooks with
+// exactly the env of the entry, and CNI plugins may need the usual tools.
+const hookPATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// networkAnnotation lets one container choose its networks (comma
+// separated); it wins over CNI_CONF and CIRCUIT_NETWORK, which are the same
+// for every container using the hook entry.
+const networkAnnotation = "circuit.network"
+
+// hookMode runs circuit as a runc hook: the OCI state is on stdin, the
+// hook entry's environment says which network. Every action and error is
+// also appended to <state>/hook.log, since runc shows a hook's stderr only
+// when the hook fails.
+func (a *app) hookMode(ctx context.Context, cmd *cli.Command) error {
+	st, err := ocistate.Decode(a.stdin)
+	switch {
+	case err == nil:
+	case errors.Is(err, ocistate.ErrEmpty):
+		return cli.ShowRootCommandHelp(cmd)
+	case errors.Is(err, ocistate.ErrTooLarge):
+		err = errors.New("hook: OCI state on stdin is larger than 1 MiB")
+	case errors.Is(err, ocistate.ErrMalformed):
+		err = fmt.Errorf("hook: stdin is %w", err)
+	default:
+		err = fmt.Errorf("hook: %w", err)
+	}
+	if err != nil {
+		a.hookLog("-", "-", err.Error())
+		return err
+	}
+
+	req, err := a.hookRequest(st)
+	if err != nil {
+		a.hookLog(st.ID, string(st.Status), err.Error())
+		return err
+	}
+	a.g.Log.WithFields(map[string]any{"id": req.ID, "status": req.Status, "pid": req.PID, "networks": req.Networks, "cni-conf": req.CNIConf}).Debug("hook")
+	err = a.withController(ctx, func(c controller.Controller) error {
+		res, err := c.Hook(ctx, req)
+		if res != nil {
+			for _, action := range res.Actions {
+				a.hookLog(req.ID, req.Status, action)
+			}
+		}
+		return err
+	})
+	if err != nil {
+		err = fmt.Errorf("hook: container %s (%s): %w", req.ID, req.Status, err)
+		a.hookLog(req.ID, req.Status, err.Error())
+	}
+	return err
+}
+
+// hookRequest combines the OCI state with the hook entry's environment.
+func (a *app) hookRequest(st *specs.State) (controller.HookRequest, error) {
+	req := controller.HookRequest{
+		ID:          st.ID,
+		Status:      string(st.Status),
+		PID:         st.Pid,
+		Bundle:      st.Bundle,
+		Annotations: st.Annotations,
+	}
+	if conf, _ := a.lookupEnv("CNI_CONF"); conf != "" {
+		// Hooks run in the bundle directory: make a relative path explicit.
+		abs, err := filepath.Abs(conf)
+		if err != nil {
+			return req, fmt.Errorf("hook: CNI_CONF: %w", err)
+		}
+		req.CNIConf = abs
+	}
+	if v, _ := a.lookupEnv("CIRCUIT_NETWORK"); v != "" {
+		req.Networks = splitNames(v)
+	}
+	if nets := splitNames(st.Annotations[networkAnnotation]); len(nets) > 0 {
+		req.Networks, req.CNIConf = nets, ""
+	}
+	req.IfName, _ = a.lookupEnv("CIRCUIT_IFNAME")
+	return req, nil
+}
+
+func splitNames(s string) []string {
+	var out []string
+	for _, n := range strings.Split(s, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// hookLog appends one line to <state>/hook.log. Failing to log must not fail
+// the hook, so problems only reach the debug log.
+func (a *app) hookLog(id, status, msg string) {
+	if err := os.MkdirAll(a.g.StateDir, 0o700); err != nil {
+		a.g.Log.Debugf("hook log: %v", err)
+		return
+	}
+	f, err := os.OpenFile(filepath.Join(a.g.StateDir, "hook.log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		a.g.Log.Debugf("hook log: %v", err)
+		return
+	}
+	defer f.Close()
+	// One write per line: O_APPEND keeps concurrent hooks' lines whole.
+	msg = strings.Join(strings.Fields(msg), " ")
+	line := fmt.Sprintf("%s %s %s %s\n", a.now().Format("2006-01-02T15:04:05Z07:00"), id, status, msg)
+	if _, err := f.WriteString(line); err != nil {
+		a.g.Log.Debugf("hook log: %v", err)
+	}
+}
+
+func hookCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:  "hook",
+		Usage: "print or install the runc hook entries that run circuit",
+		Commands: []*cli.Command{
+			hookConfigCommand(a),
+			hookInstallCommand(a),
+		},
+	}
+}
+
+func hookFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringSliceFlag{Name: "network", Usage: "connect to network `NAME` (repeat or comma separate)"},
+		&cli.StringFlag{Name: "cni-conf", Usage: "connect to the network defined in `FILE` (a conf or conflist)"},
+		&cli.StringFlag{Name: "ifname", Usage: "interface `NAME` inside the container"},
+		&cli.BoolFlag{Name: "create-runtime", Usage: "use a createRuntime hook instead of the deprecated prestart"},
+	}
+}
+
+// hookSet builds circuit's hook entries from the flags: the same entry for
+// setup and teardown, since the OCI state's status tells them apart.
+func (a *app) hookSet(cmd *cli.Command) (ocistate.HookSet, error) {
+	nets, conf := splitNames(strings.Join(cmd.StringSlice("network"), ",")), cmd.String("cni-conf")
+	if (len(nets) == 0) == (conf == "") {
+		return ocistate.HookSet{}, usageErrorf(cmd, "give one of --network or --cni-conf")
+	}
+	self, err := a.executable()
+	if err != nil {
+		return ocistate.HookSet{}, fmt.Errorf("find circuit's own path: %w", err)
+	}
+	var env []string
+	if conf != "" {
+		if conf, err = filepath.Abs(conf); err != nil {
+			return ocistate.HookSet{}, err
+		}
+		// A typo here would only show up when a container starts.
+		if _, err := os.Stat(conf); err != nil {
+			return ocistate.HookSet{}, fmt.Errorf("--cni-conf: %w", err)
+		}
+		env = append(env, "CNI_CONF="+conf)
+	} else {
+		env = append(env, "CIRCUIT_NETWORK="+strings.Join(nets, ","))
+	}
+	if ifname := cmd.String("ifname"); ifname != "" {
+		env = append(env, "CIRCUIT_IFNAME="+ifname)
+	}
+	if len(a.cniFlag) > 0 {
+		env = append(env, "CNI_PATH="+strings.Join(a.cniFlag, string(filepath.ListSeparator)))
+	}
+	if a.g.StateDir != DefaultStateDir {
+		env = append(env, "CIRCUIT_STATE="+a.g.StateDir)
+	}
+	env = append(env, "PATH="+hookPATH)
+	h := specs.Hook{Path: self, Env: env}
+	return ocistate.HookSet{Setup: h, Teardown: h, CreateRuntime: cmd.Bool("create-runtime")}, nil
+}
+
+func hookConfigCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:  "config",
+		Usage: `print the "hooks" block for a runc config.json`,
+		Description: `Prints {"hooks": {...}} with a setup hook (prestart, or createRuntime) and a
+poststop hook. Merge it into a config with "circuit hook install" or e.g.
+jq -s '.[0] * .[1]' config.json <(circuit hook config --network sandbox)`,
+		Flags: hookFlags(),
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if err := checkArgs(cmd, 0, 0); err != nil {
+				return err
+			}
+			set, err := a.hookSet(cmd)
+			if err != nil {
+				return err
+			}
+			return writeJSON(a.stdout, map[string]specs.Hooks{"hooks": set.Hooks()})
+		},
+	}
+}
+
+func hookInstallCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:      "install",
+		Usage:     "write circuit's hooks into bundles' config.json",
+		ArgsUsage: "BUNDLE...",
+		Description: `Replaces circuit's own entries (those with this binary's path) and keeps
+everything else in config.json as it was. The file is replaced atomically.`,
+		Flags: hookFlags(),
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if err := checkArgs(cmd, 1, -1); err != nil {
+				return err
+			}
+			set, err := a.hookSet(cmd)
+			if err != nil {
+				return err
+			}
+			for _, bundle := range cmd.Args().Slice() {
+				if err := ocistate.InstallHooks(filepath.Join(bundle, "config.json"), set); err != nil {
+					return err
+				}
+				if _, err := fmt.Fprintf(a.stdout, "hooks installed in %s\n", bundle); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,262 @@
+package cmd
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/circuit-cni/circuit/controller"
+)
+
+func (h *harness) hookLog() string {
+	h.t.Helper()
+	b, err := os.ReadFile(filepath.Join(h.env["CIRCUIT_STATE"], "hook.log"))
+	if err != nil && !os.IsNotExist(err) {
+		h.t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestHookMode(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.must("network", "create", h.conf("sandbox", "bridge", "10.100.10.0/24"))
+	h.must("network", "create", h.conf("shell", "bridge", "10.30.30.0/24"))
+	h.env["CIRCUIT_NETWORK"] = "sandbox, shell"
+	h.env["CNI_CONF"] = "conf.d/bridge.conf" // relative to the bundle, where runc runs hooks
+
+	h.stdin = `{"ociVersion": "1.2.0", "id": "web-00", "status": "creating", "pid": 4668, "bundle": "/root/web-00"}`
+	h.expect("", "--debug=false")
+	h.stdin = `{"ociVersion": "1.2.0", "id": "web-00", "status": "stopped", "bundle": "/root/web-00"}`
+	h.expect("")
+
+	wd, _ := os.Getwd()
+	want := []controller.HookRequest{
+		{ID: "web-00", Status: "creating", PID: 4668, Bundle: "/root/web-00", CNIConf: filepath.Join(wd, "conf.d/bridge.conf"), Networks: []string{"sandbox", "shell"}},
+		{ID: "web-00", Status: "stopped", Bundle: "/root/web-00", CNIConf: filepath.Join(wd, "conf.d/bridge.conf"), Networks: []string{"sandbox", "shell"}},
+	}
+	if got := h.fake.Hooks(); !reflect.DeepEqual(got, want) {
+		t.Errorf("hook requests:\n%+v\nwant:\n%+v", got, want)
+	}
+
+	log := h.hookLog()
+	wantLog := `2016-10-12T18:45:27Z web-00 creating connected container web-00 to network sandbox as eth0 (10.100.10.2/24)
+2016-10-12T18:45:27Z web-00 creating connected container web-00 to network shell as eth1 (10.30.30.2/24)
+2016-10-12T18:45:27Z web-00 stopped disconnected container web-00 from network sandbox
+2016-10-12T18:45:27Z web-00 stopped disconnected container web-00 from network shell
+`
+	if log != wantLog {
+		t.Errorf("hook.log:\n%s\nwant:\n%s", log, wantLog)
+	}
+	if fi, err := os.Stat(filepath.Join(h.env["CIRCUIT_STATE"], "hook.log")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("hook.log mode: %v %v", fi.Mode(), err)
+	}
+}
+
+func TestHookModeAnnotationWins(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.must("network", "create", h.conf("shell", "bridge", "10.30.30.0/24"))
+	h.env["CNI_CONF"] = "/etc/cni/conf.d/bridge.conf"
+	h.env["CIRCUIT_NETWORK"] = "sandbox"
+	h.env["CIRCUIT_IFNAME"] = "net0"
+	h.stdin = `{"id": "web-00", "status": "created", "pid": 19022, "bundle": "/b", "annotations": {"circuit.network": "shell", "other": "x"}}`
+	h.expect("")
+	want := controller.HookRequest{ID: "web-00", Status: "created", PID: 19022, Bundle: "/b",
+		Annotations: map[string]string{"circuit.network": "shell", "other": "x"}, Networks: []string{"shell"}, IfName: "net0"}
+	if got := h.fake.Hooks(); len(got) != 1 || !reflect.DeepEqual(got[0], want) {
+		t.Errorf("hook request: %+v, want %+v", got, want)
+	}
+	h.expect(`NAME                TYPE                VERSION             PEERS
+shell               bridge              0.2.0               10.30.30.2 (19022)
+`, "network", "list")
+}
+
+func TestHookModeCNIConf(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.env["CNI_CONF"] = h.conf("hooked", "bridge", "10.220.10.0/24")
+	h.stdin = `{"id": "c1", "status": "creating", "pid": 10}`
+	h.expect("")
+	h.expect("hooked\n", "network", "list", "-q")
+}
+
+func TestHookModeErrors(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, stdin, want string
+	}{
+		{"garbage", "garbage", "circuit: hook: stdin is not OCI state JSON: invalid character 'g' looking for beginning of value"},
+		{"trailing", `{"id": "a", "status": "stopped"} {}`, "circuit: hook: stdin is not OCI state JSON: trailing data after the state object"},
+		{"oversized", `{"id": "a", "status": "stopped", "bundle": "` + strings.Repeat("x", 1<<20) + `"}`, "circuit: hook: OCI state on stdin is larger than 1 MiB"},
+		{"missing id", `{"status": "stopped"}`, "circuit: hook: invalid OCI state: missing id"},
+		{"unknown status", `{"id": "a", "status": "paused", "pid": 1}`, `circuit: hook: invalid OCI state: unknown status "paused"`},
+		{"no network", `{"id": "a", "status": "creating", "pid": 1}`, "circuit: hook: container a (creating): hook: no network: set CIRCUIT_NETWORK or CNI_CONF: invalid argument"},
+		{"unknown network", `{"id": "a", "status": "creating", "pid": 1, "annotations": {"circuit.network": "nope"}}`, `circuit: hook: container a (creating): network "nope": not found`},
+	} {
+		h := newHarness(t)
+		h.stdin = tc.stdin
+		r := h.run()
+		if r.line() != tc.want || ExitCode(r.err) != 1 || r.stdout != "" || r.stderr != "" {
+			t.Errorf("%s: %q (exit %d), want %q; stdout %q stderr %q", tc.name, r.line(), ExitCode(r.err), tc.want, r.stdout, r.stderr)
+		}
+		// Every error is in the hook log too, one line.
+		log := h.hookLog()
+		if strings.Count(log, "\n") != 1 || !strings.Contains(log, strings.TrimPrefix(tc.want, "circuit: ")) {
+			t.Errorf("%s: hook.log:\n%s", tc.name, log)
+		}
+	}
+}
+
+func TestHookModeControllerFailure(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.factory = errors.New("permission denied: circuit must run as root")
+	h.env["CIRCUIT_NETWORK"] = "sandbox"
+	h.stdin = `{"id": "web-00", "status": "creating", "pid": 4668}`
+	r := h.run()
+	if r.line() != "circuit: hook: container web-00 (creating): permission denied: circuit must run as root" {
+		t.Errorf("got %q", r.line())
+	}
+	if log := h.hookLog(); log != "2016-10-12T18:45:27Z web-00 creating hook: container web-00 (creating): permission denied: circuit must run as root\n" {
+		t.Errorf("hook.log: %q", log)
+	}
+}
+
+func TestNoCommandShowsHelp(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	for _, stdin := range []string{"", " \n"} {
+		h.stdin = stdin
+		if out := h.must(); !strings.Contains(out, "USAGE") {
+			t.Errorf("stdin %q: no help:\n%s", stdin, out)
+		}
+	}
+	// A terminal is never read, even when it would have data.
+	h.terminal, h.stdin = true, "garbage"
+	if out := h.must(); !strings.Contains(out, "USAGE") {
+		t.Errorf("terminal: no help:\n%s", out)
+	}
+	if len(h.fake.Hooks()) != 0 || h.hookLog() != "" {
+		t.Errorf("hook ran without OCI state")
+	}
+}
+
+func TestHookConfig(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	delete(h.env, "CIRCUIT_STATE") // the default state dir is left out of the env
+	conf := h.conf("bridge", "bridge", "10.100.10.0/24")
+	want := `{
+    "hooks": {
+        "prestart": [
+            {
+                "path": "/usr/local/bin/circuit",
+                "env": [
+                    "CNI_CONF=` + conf + `",
+                    "CNI_PATH=/path/to/cni/plugins:/other",
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+                ]
+            }
+        ],
+        "poststop": [
+            {
+                "path": "/usr/local/bin/circuit",
+                "env": [
+                    "CNI_CONF=` + conf + `",
+                    "CNI_PATH=/path/to/cni/plugins:/other",
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+                ]
+            }
+        ]
+    }
+}
+`
+	h.expect(want, "hook", "config", "--cni-conf", conf, "--cni-path", "/path/to/cni/plugins:/other")
+
+	out := h.must("--state", "/srv/circuit", "hook", "config", "--network", "sandbox,shell", "--network", "lan", "--ifname", "eth1", "--create-runtime")
+	var got struct{ Hooks specs.Hooks }
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"CIRCUIT_NETWORK=sandbox,shell,lan", "CIRCUIT_IFNAME=eth1", "CIRCUIT_STATE=/srv/circuit", "PATH=" + hookPATH}
+	wantHooks := specs.Hooks{
+		CreateRuntime: []specs.Hook{{Path: h.self, Env: env}},
+		Poststop:      []specs.Hook{{Path: h.self, Env: env}},
+	}
+	if !reflect.DeepEqual(got.Hooks, wantHooks) {
+		t.Errorf("hooks:\n%+v\nwant:\n%+v", got.Hooks, wantHooks)
+	}
+
+	for _, args := range [][]string{
+		{"hook", "config", "--network", "a", "--cni-conf", conf},
+		{"hook", "config", "--network", " , "},
+	} {
+		if r := h.run(args...); ExitCode(r.err) != 2 {
+			t.Errorf("%q: %v", args, r.err)
+		}
+	}
+	if r := h.run("hook", "config", "--cni-conf", "/no/such.conf"); r.line() != "circuit: --cni-conf: stat /no/such.conf: no such file or directory" {
+		t.Errorf("missing conf: %q", r.line())
+	}
+}
+
+func TestHookInstall(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	bundles := []string{t.TempDir(), t.TempDir()}
+	config := `{
+	"ociVersion": "1.2.0",
+	"process": {"args": ["sh"], "env": ["A=<b>"]},
+	"annotations": {"x": "y"},
+	"hooks": {
+		"prestart": [{"path": "/usr/bin/other"}],
+		"poststop": [{"path": "/usr/local/bin/circuit", "env": ["CIRCUIT_NETWORK=old"]}]
+	},
+	"linux": {}
+}`
+	for _, b := range bundles {
+		if err := os.WriteFile(filepath.Join(b, "config.json"), []byte(config), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.expect("hooks installed in "+bundles[0]+"\nhooks installed in "+bundles[1]+"\n",
+		"hook", "install", "--network", "sandbox", bundles[0], bundles[1])
+
+	for _, b := range bundles {
+		raw, err := os.ReadFile(filepath.Join(b, "config.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &c); err != nil {
+			t.Fatal(err)
+		}
+		if len(c) != 5 || !strings.Contains(string(c["process"]), `"A=<b>"`) || !strings.Contains(string(c["annotations"]), `"x": "y"`) {
+			t.Errorf("other keys changed:\n%s", raw)
+		}
+		var hooks specs.Hooks
+		if err := json.Unmarshal(c["hooks"], &hooks); err != nil {
+			t.Fatal(err)
+		}
+		env := []string{"CIRCUIT_NETWORK=sandbox", "CIRCUIT_STATE=" + h.env["CIRCUIT_STATE"], "PATH=" + hookPATH}
+		want := specs.Hooks{
+			Prestart: []specs.Hook{{Path: "/usr/bin/other"}, {Path: h.self, Env: env}},
+			Poststop: []specs.Hook{{Path: h.self, Env: env}},
+		}
+		if !reflect.DeepEqual(hooks, want) {
+			t.Errorf("hooks:\n%+v\nwant:\n%+v", hooks, want)
+		}
+	}
+
+	missing := filepath.Join(t.TempDir(), "nope")
+	if r := h.run("hook", "install", "--network", "sandbox", missing); !strings.Contains(r.line(), "no such file or directory") || ExitCode(r.err) != 1 {
+		t.Errorf("missing bundle: %q", r.line())
+	}
+}

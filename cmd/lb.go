@@ -1,0 +1,304 @@
+package cmd
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/urfave/cli/v3"
+
+	"github.com/circuit-cni/circuit/controller"
+)
+
+func lbCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:  "lb",
+		Usage: "manage load-balanced services (IPVS or nftables)",
+		Commands: []*cli.Command{
+			lbCreateCommand(a),
+			lbAddCommand(a),
+			lbRemoveCommand(a),
+			lbDeleteCommand(a),
+			lbListCommand(a),
+			lbShowCommand(a),
+		},
+	}
+}
+
+func lbCreateCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:      "create",
+		Usage:     "create a service on a virtual address",
+		ArgsUsage: "NAME ADDR:PORT",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "scheduler", Value: "rr", Usage: "load-balancing `SCHEDULER`: rr, wrr, lc, wlc, sh, dh, mh, ..."},
+			&cli.StringFlag{Name: "protocol", Value: "tcp", Usage: "`PROTOCOL`: tcp, udp or sctp"},
+			&cli.DurationFlag{Name: "persistence", Usage: "keep a client on one target for `DURATION`"},
+			&cli.StringFlag{Name: "backend", Value: "auto", Usage: "`BACKEND`: auto, ipvs or nftables"},
+		},
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if err := checkArgs(cmd, 2, 2); err != nil {
+				return err
+			}
+			proto, err := oneOf(cmd, "protocol", "tcp", "udp", "sctp")
+			if err != nil {
+				return err
+			}
+			backend, err := oneOf(cmd, "backend", "auto", "ipvs", "nftables")
+			if err != nil {
+				return err
+			}
+			if cmd.Duration("persistence") < 0 {
+				return usageErrorf(cmd, "--persistence must not be negative")
+			}
+			svc := controller.Service{
+				Name:        cmd.Args().Get(0),
+				Address:     cmd.Args().Get(1),
+				Protocol:    proto,
+				Scheduler:   cmd.String("scheduler"),
+				Persistence: cmd.Duration("persistence"),
+				Backend:     backend,
+			}
+			return a.withController(ctx, func(c controller.Controller) error {
+				if _, err := c.CreateService(ctx, svc); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintf(a.stdout, "service %s created\n", svc.Name)
+				return err
+			})
+		},
+	}
+}
+
+func lbAddCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:      "add",
+		Usage:     "add targets to a service (or change their weight)",
+		ArgsUsage: "NAME TARGET...",
+		Flags: []cli.Flag{
+			&cli.IntFlag{Name: "weight", Value: 1, Usage: "relative `WEIGHT` of the targets (0 stops new connections)"},
+			&cli.StringFlag{Name: "forward", Value: "nat", Usage: "forwarding `METHOD`: nat, dr or tunnel"},
+		},
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if err := checkArgs(cmd, 2, -1); err != nil {
+				return err
+			}
+			fwd, err := oneOf(cmd, "forward", "nat", "dr", "tunnel")
+			if err != nil {
+				return err
+			}
+			if w := cmd.Int("weight"); w < 0 || w > 65535 {
+				return usageErrorf(cmd, "--weight %d: want 0-65535", w)
+			}
+			name := cmd.Args().First()
+			var targets []controller.Target
+			for _, t := range cmd.Args().Tail() {
+				targets = append(targets, controller.Target{Address: t, Weight: cmd.Int("weight"), Forward: fwd})
+			}
+			return a.withController(ctx, func(c controller.Controller) error {
+				if err := c.AddTargets(ctx, name, targets); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintf(a.stdout, "service %s updated\n", name)
+				return err
+			})
+		},
+	}
+}
+
+func lbRemoveCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:      "remove",
+		Usage:     "remove targets from a service",
+		ArgsUsage: "NAME TARGET...",
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if err := checkArgs(cmd, 2, -1); err != nil {
+				return err
+			}
+			name := cmd.Args().First()
+			return a.withController(ctx, func(c controller.Controller) error {
+				if err := c.RemoveTargets(ctx, name, cmd.Args().Tail()); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintf(a.stdout, "service %s updated\n", name)
+				return err
+			})
+		},
+	}
+}
+
+func lbDeleteCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:      "delete",
+		Aliases:   []string{"rm"},
+		Usage:     "delete a service and its targets",
+		ArgsUsage: "NAME",
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if err := checkArgs(cmd, 1, 1); err != nil {
+				return err
+			}
+			name := cmd.Args().First()
+			return a.withController(ctx, func(c controller.Controller) error {
+				if err := c.DeleteService(ctx, name); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintf(a.stdout, "service %s removed\n", name)
+				return err
+			})
+		},
+	}
+}
+
+// serviceColumns copy the original README, where ADDR is one wider.
+var serviceColumns = []column{{"NAME", 20}, {"ADDR", 21}, {"PROTOCOL", 20}, {"SCHEDULER", 0}}
+
+func serviceRow(s controller.Service) []string {
+	return []string{s.Name, s.Address, s.Protocol, s.Scheduler}
+}
+
+// targetLines are --details' `  -> ADDR:PORT` lines; weight and forwarding
+// method appear only when not the defaults, so the README's example holds.
+func targetLines(targets []controller.Target) []string {
+	var out []string
+	for _, t := range sortedTargets(targets) {
+		l := "  -> " + t.Address
+		if t.Weight != 1 {
+			l += "  weight " + strconv.Itoa(t.Weight)
+		}
+		if t.Forward != "" && t.Forward != "nat" {
+			l += "  " + t.Forward
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// sortedTargets orders targets by address, numerically when they parse.
+func sortedTargets(targets []controller.Target) []controller.Target {
+	targets = slices.Clone(targets)
+	slices.SortFunc(targets, func(a, b controller.Target) int { return compareAddrPort(a.Address, b.Address) })
+	return targets
+}
+
+func compareAddrPort(a, b string) int {
+	ap, aerr := netip.ParseAddrPort(a)
+	bp, berr := netip.ParseAddrPort(b)
+	if aerr == nil && berr == nil {
+		return ap.Compare(bp)
+	}
+	return strings.Compare(a, b)
+}
+
+func lbListCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:    "list",
+		Aliases: []string{"ls"},
+		Usage:   "list services",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "details", Usage: "list each service's targets"},
+			formatFlag("table"),
+			quietFlag(),
+		},
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if err := checkArgs(cmd, 0, 0); err != nil {
+				return err
+			}
+			out, err := parseFormat(cmd)
+			if err != nil {
+				return err
+			}
+			t := table[controller.Service]{columns: serviceColumns, row: serviceRow}
+			if cmd.Bool("details") {
+				t.details = func(s controller.Service) []string { return targetLines(s.Targets) }
+			}
+			return a.withController(ctx, func(c controller.Controller) error {
+				svcs, err := c.ListServices(ctx)
+				if err != nil {
+					return err
+				}
+				slices.SortFunc(svcs, func(a, b controller.Service) int { return strings.Compare(a.Name, b.Name) })
+				if cmd.Bool("quiet") {
+					return printNames(a.stdout, svcs, func(s controller.Service) string { return s.Name })
+				}
+				return printList(a.stdout, out, svcs, t)
+			})
+		},
+	}
+}
+
+// showTargetTable lists a service's targets with their live counters.
+var showTargetTable = table[targetStatus]{
+	columns: []column{{"TARGET", 24}, {"WEIGHT", 8}, {"FORWARD", 9}, {"CONNECTIONS", 13}, {"PACKETS", 13}, {"BYTES", 0}},
+	row: func(t targetStatus) []string {
+		return []string{t.Address, strconv.Itoa(t.Weight), dash(t.Forward),
+			strconv.FormatUint(t.Stats.Connections, 10), strconv.FormatUint(t.Stats.Packets, 10), strconv.FormatUint(t.Stats.Bytes, 10)}
+	},
+}
+
+type targetStatus struct {
+	controller.Target
+	Stats controller.Counters
+}
+
+// writeServiceStatus is lb show's table view: the service as lb list shows
+// it, its settings and counters, then its targets.
+func writeServiceStatus(w io.Writer, s controller.ServiceStatus) error {
+	var b strings.Builder
+	if err := (table[controller.Service]{columns: serviceColumns, row: serviceRow}).write(&b, []controller.Service{s.Service}); err != nil {
+		return err
+	}
+	persistence := "-"
+	if s.Persistence > 0 {
+		persistence = s.Persistence.String()
+	}
+	fmt.Fprintf(&b, "\nbackend:      %s\npersistence:  %s\nconnections:  %d\npackets:      %d\nbytes:        %d\n\n",
+		dash(s.Backend), persistence, s.Stats.Connections, s.Stats.Packets, s.Stats.Bytes)
+	if len(s.Service.Targets) == 0 {
+		b.WriteString("no targets\n")
+	} else {
+		var ts []targetStatus
+		for _, t := range sortedTargets(s.Service.Targets) {
+			ts = append(ts, targetStatus{Target: t, Stats: s.Targets[t.Address]})
+		}
+		if err := showTargetTable.write(&b, ts); err != nil {
+			return err
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func lbShowCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:      "show",
+		Usage:     "show a service with live counters per target",
+		ArgsUsage: "NAME",
+		Flags:     []cli.Flag{formatFlag("table")},
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if err := checkArgs(cmd, 1, 1); err != nil {
+				return err
+			}
+			out, err := parseFormat(cmd)
+			if err != nil {
+				return err
+			}
+			return a.withController(ctx, func(c controller.Controller) error {
+				st, err := c.ShowService(ctx, cmd.Args().First())
+				if err != nil {
+					return err
+				}
+				if st.Targets == nil {
+					st.Targets = map[string]controller.Counters{}
+				}
+				if st.Service.Targets == nil {
+					st.Service.Targets = []controller.Target{}
+				}
+				return printOne(a.stdout, out, *st, writeServiceStatus)
+			})
+		},
+	}
+}

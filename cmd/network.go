@@ -1,0 +1,270 @@
+package cmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/urfave/cli/v3"
+
+	"github.com/circuit-cni/circuit/controller"
+)
+
+// maxConfigSize bounds a network config read from a file or stdin.
+const maxConfigSize = 1 << 20
+
+func networkCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:  "network",
+		Usage: "manage CNI networks and container attachments",
+		Commands: []*cli.Command{
+			networkCreateCommand(a),
+			networkListCommand(a),
+			networkInspectCommand(a),
+			networkConnectCommand(a),
+			networkDisconnectCommand(a),
+			networkDeleteCommand(a),
+			qosCommand(a),
+		},
+	}
+}
+
+func networkCreateCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:      "create",
+		Usage:     "define a network from a CNI conf or conflist (FILE, or - for stdin)",
+		ArgsUsage: "FILE|-",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "force", Usage: "replace an existing network of the same name"},
+		},
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if err := checkArgs(cmd, 1, 1); err != nil {
+				return err
+			}
+			conf, err := a.readConfig(cmd.Args().First())
+			if err != nil {
+				return err
+			}
+			return a.withController(ctx, func(c controller.Controller) error {
+				n, err := c.CreateNetwork(ctx, conf, cmd.Bool("force"))
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintf(a.stdout, "%s created\n", n.Name)
+				return err
+			})
+		},
+	}
+}
+
+// readConfig reads a config file or stdin ("-"), at most maxConfigSize
+// bytes, and reports errors as "read FILE: reason".
+func (a *app) readConfig(name string) ([]byte, error) {
+	var r io.Reader = a.stdin
+	if name != "-" {
+		f, err := os.Open(name)
+		if err != nil {
+			var pe *os.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return nil, fmt.Errorf("read %s: %w", name, err)
+		}
+		defer f.Close()
+		r = f
+	}
+	b, err := io.ReadAll(io.LimitReader(r, maxConfigSize+1))
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	if len(b) > maxConfigSize {
+		return nil, fmt.Errorf("read %s: larger than 1 MiB", name)
+	}
+	return b, nil
+}
+
+// networkTable is the original README's layout: 20-wide columns.
+var networkTable = table[controller.Network]{
+	columns: []column{{"NAME", 20}, {"TYPE", 20}, {"VERSION", 20}, {"PEERS", 0}},
+	row: func(n controller.Network) []string {
+		return []string{n.Name, n.Type, n.CNIVersion, peersCell(n.Peers)}
+	},
+}
+
+// peersCell shows peers as `IP (PID)` joined by ", ", sorted by container
+// and interface; a peer that is not fully connected shows its state.
+func peersCell(peers []controller.Peer) string {
+	peers = slices.Clone(peers)
+	slices.SortFunc(peers, func(a, b controller.Peer) int {
+		if c := strings.Compare(a.ContainerID, b.ContainerID); c != 0 {
+			return c
+		}
+		return strings.Compare(a.IfName, b.IfName)
+	})
+	cells := make([]string, 0, len(peers))
+	for _, p := range peers {
+		ips := make([]string, 0, len(p.IPs))
+		for _, ip := range p.IPs {
+			addr, _, _ := strings.Cut(ip, "/")
+			ips = append(ips, addr)
+		}
+		who := strconv.Itoa(p.PID)
+		if p.State != "" && p.State != controller.PeerConnected {
+			who += ", " + p.State
+		}
+		cells = append(cells, fmt.Sprintf("%s (%s)", dash(strings.Join(ips, ",")), who))
+	}
+	return strings.Join(cells, ", ")
+}
+
+func networkListCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:    "list",
+		Aliases: []string{"ls"},
+		Usage:   "list networks and their peers",
+		Flags:   []cli.Flag{formatFlag("table"), quietFlag()},
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if err := checkArgs(cmd, 0, 0); err != nil {
+				return err
+			}
+			out, err := parseFormat(cmd)
+			if err != nil {
+				return err
+			}
+			return a.withController(ctx, func(c controller.Controller) error {
+				nets, err := c.ListNetworks(ctx)
+				if err != nil {
+					return err
+				}
+				slices.SortFunc(nets, func(a, b controller.Network) int { return strings.Compare(a.Name, b.Name) })
+				if cmd.Bool("quiet") {
+					return printNames(a.stdout, nets, func(n controller.Network) string { return n.Name })
+				}
+				return printList(a.stdout, out, nets, networkTable)
+			})
+		},
+	}
+}
+
+func printNames[T any](w io.Writer, items []T, name func(T) string) error {
+	var b strings.Builder
+	for _, it := range items {
+		b.WriteString(name(it) + "\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func networkInspectCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:      "inspect",
+		Usage:     "show a network's stored config, QoS and peers",
+		ArgsUsage: "NAME",
+		Flags:     []cli.Flag{formatFlag("json")},
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if err := checkArgs(cmd, 1, 1); err != nil {
+				return err
+			}
+			out, err := parseFormat(cmd)
+			if err != nil {
+				return err
+			}
+			if out.kind == "table" {
+				out.kind = "json" // a network has no table view
+			}
+			return a.withController(ctx, func(c controller.Controller) error {
+				n, err := c.InspectNetwork(ctx, cmd.Args().First())
+				if err != nil {
+					return err
+				}
+				if n.Peers == nil {
+					n.Peers = []controller.Peer{}
+				}
+				return printOne(a.stdout, out, *n, nil)
+			})
+		},
+	}
+}
+
+func ifnameFlag() *cli.StringFlag {
+	return &cli.StringFlag{Name: "ifname", Usage: "interface `NAME` inside the container (default: the first free ethN)"}
+}
+
+func networkConnectCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:      "connect",
+		Usage:     "connect a container (runc ID or PID) to a network",
+		ArgsUsage: "CONTAINER NETWORK",
+		Flags:     []cli.Flag{ifnameFlag()},
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if err := checkArgs(cmd, 2, 2); err != nil {
+				return err
+			}
+			container, network := cmd.Args().Get(0), cmd.Args().Get(1)
+			return a.withController(ctx, func(c controller.Controller) error {
+				_, err := c.Connect(ctx, controller.ConnectRequest{Container: container, Network: network, IfName: cmd.String("ifname")})
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintf(a.stdout, "connected container %s to network %s\n", container, network)
+				return err
+			})
+		},
+	}
+}
+
+func networkDisconnectCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:      "disconnect",
+		Usage:     "disconnect a container (runc ID or PID) from a network",
+		ArgsUsage: "CONTAINER NETWORK",
+		Flags:     []cli.Flag{&cli.StringFlag{Name: "ifname", Usage: "interface `NAME`, when the container has several on the network"}},
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if err := checkArgs(cmd, 2, 2); err != nil {
+				return err
+			}
+			container, network := cmd.Args().Get(0), cmd.Args().Get(1)
+			return a.withController(ctx, func(c controller.Controller) error {
+				if err := c.Disconnect(ctx, controller.DisconnectRequest{Container: container, Network: network, IfName: cmd.String("ifname")}); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintf(a.stdout, "disconnected container %s from network %s\n", container, network)
+				return err
+			})
+		},
+	}
+}
+
+func networkDeleteCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:      "delete",
+		Aliases:   []string{"rm"},
+		Usage:     "delete a network",
+		ArgsUsage: "NAME",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "force", Usage: "disconnect its peers first"},
+		},
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if err := checkArgs(cmd, 1, 1); err != nil {
+				return err
+			}
+			name := cmd.Args().First()
+			return a.withController(ctx, func(c controller.Controller) error {
+				if err := c.DeleteNetwork(ctx, name, cmd.Bool("force")); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintf(a.stdout, "%s deleted\n", name)
+				return err
+			})
+		},
+	}
+}

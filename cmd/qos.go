@@ -1,0 +1,214 @@
+package cmd
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+
+	"github.com/urfave/cli/v3"
+
+	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/pkg/qos"
+)
+
+func qosCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:  "qos",
+		Usage: "shape a network's (or one container's) traffic",
+		Commands: []*cli.Command{
+			qosSetCommand(a),
+			qosResetCommand(a),
+			qosShowCommand(a),
+		},
+	}
+}
+
+func containerFlag() *cli.StringFlag {
+	return &cli.StringFlag{Name: "container", Usage: "apply to one `CONTAINER` (runc ID or PID) instead of the whole network"}
+}
+
+func qosSetCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:      "set",
+		Usage:     "set rate limits and network emulation",
+		ArgsUsage: "NETWORK",
+		Description: `Rates are kbit/s when plain (--rate 5000 is 5 Mbit/s) or take tc's units
+(bit, kbit, mbit, gbit; bps, kbps, mbps are bytes). Delay and jitter are Go
+durations (50ms) or plain milliseconds. Loss is a percentage (0.5%). A second
+"qos set" replaces the whole policy.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "rate", Usage: "guaranteed `RATE`"},
+			&cli.StringFlag{Name: "ceiling", Usage: "`RATE` to borrow up to (needs --rate)"},
+			&cli.StringFlag{Name: "delay", Usage: "added latency `DURATION`"},
+			&cli.StringFlag{Name: "jitter", Usage: "latency variation `DURATION` (needs --delay)"},
+			&cli.StringFlag{Name: "loss", Usage: "random packet loss `PERCENT`"},
+			&cli.StringFlag{Name: "direction", Usage: "shape `DIRECTION`: egress, ingress or both (default: the controller's)"},
+			containerFlag(),
+		},
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if err := checkArgs(cmd, 1, 1); err != nil {
+				return err
+			}
+			p, err := parsePolicy(cmd)
+			if err != nil {
+				return err
+			}
+			network := cmd.Args().First()
+			return a.withController(ctx, func(c controller.Controller) error {
+				if err := c.SetQoS(ctx, network, cmd.String("container"), p); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintf(a.stdout, "qos configured for %s\n", network)
+				return err
+			})
+		},
+	}
+}
+
+// parsePolicy turns qos set's flags into a policy, refusing combinations
+// that cannot mean anything before the controller is even opened.
+func parsePolicy(cmd *cli.Command) (controller.QoSPolicy, error) {
+	var p controller.QoSPolicy
+	var err error
+	if !cmd.IsSet("rate") && !cmd.IsSet("ceiling") && !cmd.IsSet("delay") && !cmd.IsSet("jitter") && !cmd.IsSet("loss") {
+		return p, usageErrorf(cmd, "nothing to set: give at least one of --rate, --ceiling, --delay, --jitter, --loss")
+	}
+	if cmd.IsSet("rate") {
+		if p.Rate, err = qos.ParseRate(cmd.String("rate")); err != nil {
+			return p, usageErrorf(cmd, "--rate: %v", err)
+		}
+	}
+	if cmd.IsSet("ceiling") {
+		if p.Ceiling, err = qos.ParseRate(cmd.String("ceiling")); err != nil {
+			return p, usageErrorf(cmd, "--ceiling: %v", err)
+		}
+		if p.Rate == 0 {
+			return p, usageErrorf(cmd, "--ceiling needs --rate")
+		}
+		if p.Ceiling < p.Rate {
+			return p, usageErrorf(cmd, "--ceiling %s is below --rate %s", qos.FormatRate(p.Ceiling), qos.FormatRate(p.Rate))
+		}
+	}
+	if cmd.IsSet("delay") {
+		if p.Delay, err = qos.ParseDuration(cmd.String("delay")); err != nil {
+			return p, usageErrorf(cmd, "--delay: %v", err)
+		}
+	}
+	if cmd.IsSet("jitter") {
+		if p.Jitter, err = qos.ParseDuration(cmd.String("jitter")); err != nil {
+			return p, usageErrorf(cmd, "--jitter: %v", err)
+		}
+		if p.Delay == 0 {
+			return p, usageErrorf(cmd, "--jitter needs --delay")
+		}
+	}
+	if cmd.IsSet("loss") {
+		if p.Loss, err = qos.ParsePercent(cmd.String("loss")); err != nil {
+			return p, usageErrorf(cmd, "--loss: %v", err)
+		}
+	}
+	if cmd.IsSet("direction") {
+		if p.Direction, err = oneOf(cmd, "direction", controller.DirEgress, controller.DirIngress, controller.DirBoth); err != nil {
+			return p, err
+		}
+	}
+	return p, nil
+}
+
+func qosResetCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:      "reset",
+		Usage:     "remove a network's (or one container's) policy",
+		ArgsUsage: "NETWORK",
+		Flags:     []cli.Flag{containerFlag()},
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if err := checkArgs(cmd, 1, 1); err != nil {
+				return err
+			}
+			network := cmd.Args().First()
+			return a.withController(ctx, func(c controller.Controller) error {
+				if err := c.ResetQoS(ctx, network, cmd.String("container")); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintf(a.stdout, "qos reset for %s\n", network)
+				return err
+			})
+		},
+	}
+}
+
+var qosTable = table[controller.PeerQoS]{
+	columns: []column{
+		{"CONTAINER", 20}, {"PID", 8}, {"IFNAME", 8}, {"SOURCE", 11},
+		{"RATE", 10}, {"CEILING", 10}, {"DELAY", 8}, {"JITTER", 8}, {"LOSS", 7}, {"DIRECTION", 11},
+		{"EGRESS-BYTES", 14}, {"EGRESS-DROPS", 14}, {"INGRESS-BYTES", 15}, {"INGRESS-DROPS", 0},
+	},
+	row: func(q controller.PeerQoS) []string {
+		p := controller.QoSPolicy{}
+		if q.Policy != nil {
+			p = *q.Policy
+		}
+		cells := []string{q.ContainerID, strconv.Itoa(q.PID), q.IfName, q.Source,
+			rateCell(p.Rate), rateCell(p.Ceiling), durationCell(p.Delay), durationCell(p.Jitter), lossCell(p.Loss), dash(p.Direction)}
+		for _, c := range []*controller.QoSCounters{q.Egress, q.Ingress} {
+			if c == nil {
+				cells = append(cells, "-", "-")
+				continue
+			}
+			cells = append(cells, strconv.FormatUint(c.Bytes, 10), strconv.FormatUint(c.Drops, 10))
+		}
+		return cells
+	},
+	details: func(q controller.PeerQoS) []string {
+		if q.Error == "" {
+			return nil
+		}
+		return []string{"  error: " + q.Error}
+	},
+}
+
+func rateCell(bps uint64) string {
+	if bps == 0 {
+		return "-"
+	}
+	return qos.FormatRate(bps)
+}
+
+func durationCell[D interface{ String() string }](d D) string {
+	if s := d.String(); s != "0s" {
+		return s
+	}
+	return "-"
+}
+
+func lossCell(p float64) string {
+	if p == 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(p, 'f', -1, 64) + "%"
+}
+
+func qosShowCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:      "show",
+		Usage:     "show each peer's effective policy and counters",
+		ArgsUsage: "NETWORK",
+		Flags:     []cli.Flag{formatFlag("table")},
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if err := checkArgs(cmd, 1, 1); err != nil {
+				return err
+			}
+			out, err := parseFormat(cmd)
+			if err != nil {
+				return err
+			}
+			return a.withController(ctx, func(c controller.Controller) error {
+				peers, err := c.ShowQoS(ctx, cmd.Args().First())
+				if err != nil {
+					return err
+				}
+				return printList(a.stdout, out, peers, qosTable)
+			})
+		},
+	}
+}

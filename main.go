@@ -1,0 +1,58 @@
+// Command circuit gives runc containers CNI networks, QoS and load balancing.
+//
+// Build information comes from the linker:
+//
+//	go build -ldflags "-X main.version=v1.2.3 -X main.commit=$(git rev-parse HEAD)"
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/circuit-cni/circuit/cmd"
+	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/controller/local"
+)
+
+// Set with -X main.version=... and -X main.commit=...
+var (
+	version = "dev"
+	commit  = "unknown"
+)
+
+func main() {
+	cmd.Version, cmd.Commit = version, commit
+
+	// A signal cancels the context, so the controller can roll back
+	// half-done work instead of dying in the middle of it.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	app := cmd.NewApp(newController, os.Stdout, os.Stderr, os.Stdin)
+	err := app.Run(ctx, os.Args)
+	stop()
+	if err != nil {
+		// The one exit path: one line, no usage dump.
+		fmt.Fprintf(os.Stderr, "circuit: %v\n", err)
+	}
+	os.Exit(cmd.ExitCode(err))
+}
+
+// newController is the one place that picks the Controller implementation.
+func newController(ctx context.Context, g cmd.Globals) (controller.Controller, error) {
+	return newLocalController(local.Config{
+		StateDir: g.StateDir,
+		CNIPath:  g.CNIPath,
+		RuncRoot: g.RuncRoot,
+		Log:      g.Log,
+	})
+}
+
+func newLocalController(cfg local.Config) (controller.Controller, error) {
+	c, err := local.New(cfg)
+	if err != nil {
+		return nil, err // not a typed nil inside a non-nil interface
+	}
+	return c, nil
+}
