@@ -66,7 +66,7 @@ const (
 )
 
 // QoSPolicy shapes a container interface. Zero values mean "not set".
-// Rates are in bits per second.
+// Rates are in bits per second; in JSON, durations are strings ("50ms").
 type QoSPolicy struct {
 	Rate      uint64        `json:"rate,omitempty"`
 	Ceiling   uint64        `json:"ceiling,omitempty"`

@@ -31,6 +31,11 @@ func newCLI(t *testing.T) *cli {
 	testutil.RequireRoot(t)
 	c := &cli{t: t, bin: testutil.CircuitBin(t), state: t.TempDir(), cniDir: testutil.CNIPath(t), ipam: t.TempDir(), bridge: testutil.RandName("cbr")}
 	t.Cleanup(func() {
+		// A failed test may leave peers: tear them down the proper way.
+		out, _, _ := c.run("", "network", "list", "-q")
+		for _, n := range strings.Fields(out) {
+			c.run("", "network", "delete", "--force", n)
+		}
 		exec.Command("ip", "link", "del", c.bridge).Run()
 		pins, _ := filepath.Glob(filepath.Join(c.state, "netns", "*"))
 		for _, p := range pins {

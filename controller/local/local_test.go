@@ -41,6 +41,11 @@ func newEnv(t *testing.T) *env {
 	}
 	e.c = c
 	t.Cleanup(func() {
+		// A failed test may leave peers: tear them down the proper way.
+		nets, _ := c.ListNetworks(context.Background())
+		for _, n := range nets {
+			c.DeleteNetwork(context.Background(), n.Name, true)
+		}
 		c.Close()
 		exec.Command("ip", "link", "del", e.bridge).Run()
 		for _, pin := range e.pins() { // a failed test may leave peers
