@@ -2,14 +2,15 @@
 # The seed's walkthrough, for real: a CNI network, a busybox runc container
 # connected to it, QoS, a load-balanced service, and everything removed
 # again. Each command is printed as a person would type it, with its output.
-# Uses its own state dir and runc root, so nothing else on the host changes.
+# Uses its own state dir (CIRCUIT_STATE) and bridge, so nothing else on the
+# host changes; the containers are web-00 and web-01 under runc's default root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 export PATH=$root/bin:$PATH
 work=$(mktemp -d /tmp/circuit-demo.XXXXXX)
 export CIRCUIT_STATE=$work/state CNI_PATH=$root/bin/cni
-RUNC="runc --root $work/runc"
+RUNC=runc
 bridge=cdemo0
 
 cleanup() {
@@ -31,6 +32,9 @@ trap cleanup EXIT
 show() { printf '\n$> %s\n' "$*"; "$@"; }
 
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (circuit changes network namespaces)"; exit 1; }
+for id in web-00 web-01; do
+	if runc state "$id" >/dev/null 2>&1; then echo "demo: a runc container named $id exists already; not touching it"; exit 1; fi
+done
 
 # A busybox rootfs bundle running an httpd that names its container.
 bundle() {
@@ -78,7 +82,7 @@ show $RUNC list
 pid=$($RUNC state web-00 | sed -n 's/.*"pid": \([0-9]*\).*/\1/p')
 
 show circuit network connect "$pid" sandbox
-show circuit --runc-root "$work/runc" network connect web-01 sandbox
+show circuit network connect web-01 sandbox
 show circuit network list
 ip0=$(circuit network inspect sandbox | grep -A3 '"ips"' | grep -oE '10\.254\.1\.[0-9]+' | head -1)
 show $RUNC exec web-00 ping -c 3 10.254.1.1
@@ -102,7 +106,7 @@ if circuit lb --help >/dev/null 2>&1; then
 fi
 
 show circuit network disconnect "$pid" sandbox
-show circuit --runc-root "$work/runc" network disconnect web-01 sandbox
+show circuit network disconnect web-01 sandbox
 show circuit network delete sandbox
 echo
 echo "# demo done: containers, network, bridge and state are removed on exit"

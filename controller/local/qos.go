@@ -90,15 +90,42 @@ func (c *Controller) ResetQoS(ctx context.Context, network, container string) er
 	return nil
 }
 
-func (c *Controller) setQoS(ctx context.Context, network, container string, pol *controller.QoSPolicy) error {
-	if pol != nil {
-		if err := validPolicy(*pol); err != nil {
+// mergePolicy lays a `qos set` over the policy already in place at the same
+// level: the rate pair (rate, ceiling) and the netem trio (delay, jitter,
+// loss) are each replaced as a whole when any of their members is given, so
+// `--delay 50ms` after `--rate 5000` keeps the rate, and `--rate 10000`
+// after `--rate 5000 --ceiling 6000` drops the old ceiling.
+func mergePolicy(old *controller.QoSPolicy, upd controller.QoSPolicy) controller.QoSPolicy {
+	if old == nil {
+		return upd
+	}
+	out := *old
+	if upd.Rate > 0 || upd.Ceiling > 0 {
+		out.Rate, out.Ceiling = upd.Rate, upd.Ceiling
+	}
+	if upd.NeedsNetem() {
+		out.Delay, out.Jitter, out.Loss = upd.Delay, upd.Jitter, upd.Loss
+	}
+	if upd.Direction != "" {
+		out.Direction = upd.Direction
+	}
+	return out
+}
+
+func (c *Controller) setQoS(ctx context.Context, network, container string, upd *controller.QoSPolicy) error {
+	if upd != nil {
+		if err := validPolicy(*upd); err != nil {
 			return err
 		}
 	}
 	n, err := c.network(ctx, network)
 	if err != nil {
 		return err
+	}
+	pol := upd
+	if upd != nil && container == "" {
+		m := mergePolicy(n.QoS, *upd)
+		pol = &m
 	}
 	// The planned state: a copy of the network and its peers with the change made.
 	next := *n
@@ -110,7 +137,13 @@ func (c *Controller) setQoS(ctx context.Context, network, container string, pol 
 		case container == "" && pol == nil:
 			p.QoS = nil // a network reset clears overrides too
 		case container != "" && (p.ContainerID == container || fmt.Sprint(p.PID) == container):
-			p.QoS, found = pol, true
+			if upd != nil {
+				m := mergePolicy(p.QoS, *upd)
+				p.QoS = &m
+			} else {
+				p.QoS = nil
+			}
+			found = true
 		}
 	}
 	if !found {
@@ -119,7 +152,7 @@ func (c *Controller) setQoS(ctx context.Context, network, container string, pol 
 	if container == "" {
 		next.QoS = pol
 	}
-	if pol != nil && pol.NeedsNetem() {
+	if upd != nil && upd.NeedsNetem() {
 		if err := qos.NetemSupported("/proc/self/ns/net"); err != nil {
 			return err
 		}
