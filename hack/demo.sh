@@ -84,7 +84,6 @@ pid=$($RUNC state web-00 | sed -n 's/.*"pid": \([0-9]*\).*/\1/p')
 show circuit network connect "$pid" sandbox
 show circuit network connect web-01 sandbox
 show circuit network list
-ip0=$(circuit network inspect sandbox | grep -A3 '"ips"' | grep -oE '10\.254\.1\.[0-9]+' | head -1)
 show $RUNC exec web-00 ping -c 3 10.254.1.1
 
 if circuit network qos --help >/dev/null 2>&1; then
@@ -97,11 +96,12 @@ if circuit network qos --help >/dev/null 2>&1; then
 fi
 
 if circuit lb --help >/dev/null 2>&1; then
-	ips=$(circuit network inspect sandbox | grep -oE '10\.254\.1\.[0-9]+/' | tr -d / | sort -u)
+	ips=$(circuit network list --format '{{range .Peers}}{{range .IPs}}{{.}} {{end}}{{end}}' | sed 's|/[0-9]*||g')
 	show circuit lb create demo 10.254.2.10:80
 	for ip in $ips; do show circuit lb add demo "$ip:80"; done
 	show circuit lb list --details
-	for i in 1 2 3 4; do show wget -q -O - http://10.254.2.10/; done
+	for i in 1 2 3 4; do show curl -s -m 5 http://10.254.2.10/; done
+	show circuit lb show demo
 	show circuit lb delete demo
 fi
 
