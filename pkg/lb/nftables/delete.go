@@ -1,0 +1,76 @@
+package nftables
+
+import (
+	"bytes"
+	"fmt"
+
+	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
+)
+
+// Delete removes the service; a service that is already gone is not an
+// error. Deleting the last service deletes the whole table instead, in
+// the same single transaction.
+func (b *Backend) Delete(svc controller.Service) error {
+	if err := spec.ValidName(svc.Name); err != nil {
+		return fmt.Errorf("lb: %w", err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.delete(svc); err != nil {
+		return fmt.Errorf("lb %s: nftables: delete: %w", svc.Name, err)
+	}
+	return nil
+}
+
+func (b *Backend) delete(svc controller.Service) error {
+	exists, err := b.tableExists()
+	if err != nil || !exists {
+		return err
+	}
+	cur, err := b.readService(svc.Name)
+	if err != nil || cur == nil {
+		return err
+	}
+	if s, err := spec.Parse(svc); err == nil {
+		cur.fallbackRecord(s)
+	}
+	last, err := b.onlyService(cur)
+	if err != nil {
+		return err
+	}
+	bt := b.newBatch()
+	if last {
+		bt.c.DelTable(table())
+		bt.msgs++
+		return b.commit(bt)
+	}
+	if cur.rec.vip.IsValid() {
+		bt.delVIP(cur.rec.vip, cur.rec.proto)
+	}
+	ch := svcChainDef(svc.Name)
+	bt.flushChain(ch)
+	bt.delChain(ch)
+	for _, t := range cur.targets {
+		bt.delTarget(svc.Name, t, cur.hadAffinity(b, svc.Name, t))
+	}
+	bt.delSet(targetSetRef(svc.Name))
+	bt.delObj(counterDef(svc.Name))
+	return b.commit(bt)
+}
+
+// onlyService reports whether cur is the only service in the table.
+func (b *Backend) onlyService(cur *current) (bool, error) {
+	for _, v6 := range []bool{false, true} {
+		elems, err := b.conn.GetSetElements(servicesRef(v6))
+		if err != nil {
+			return false, fmt.Errorf("list map %s: %w", servicesMap(v6), err)
+		}
+		for _, e := range elems {
+			if !cur.rec.vip.IsValid() || !bytes.Equal(e.Key, cur.key()) {
+				return false, nil
+			}
+		}
+	}
+	return true, nil
+}

@@ -1,0 +1,141 @@
+package nftables
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/pkg/lb/internal/lbtest"
+)
+
+// A client on the same bridge as the target is masqueraded, else the
+// target would answer it directly; a routed client is not. With
+// br_netfilter on, the bridge itself un-NATs the replies and the
+// connection must simply work.
+func TestHairpin(t *testing.T) {
+	tp := lbtest.NewTopo(t)
+	tp.AddHairpin(t)
+	b := newBackend(t, tp.LB)
+	svc := service("hair", lbtest.VIP4+":80", "rr", lbtest.H4+":80")
+	must(t, b.Ensure(svc))
+
+	brnf := "net/bridge/bridge-nf-call-iptables"
+	if _, err := os.Stat("/proc/sys/" + brnf); err == nil {
+		tp.LB.Sysctl(t, brnf, "1")
+		if server, _, err := lbtest.Get(tp.C.Client(""), url(lbtest.VIP4)); err != nil || server != "h" {
+			t.Errorf("hairpin client with br_netfilter: answered by %q (%v)", server, err)
+		}
+		tp.LB.Sysctl(t, brnf, "0")
+	}
+	server, seen, err := lbtest.Get(tp.C.Client(""), url(lbtest.VIP4))
+	if err != nil || server != "h" || seen != "10.201.4.1" {
+		t.Errorf("hairpin client: answered by %q seeing %q (%v); want h seeing the LB's 10.201.4.1", server, seen, err)
+	}
+	server, seen, err = lbtest.Get(tp.Client.Client(lbtest.Client4), url(lbtest.VIP4))
+	if err != nil || server != "h" || seen != lbtest.Client4 {
+		t.Errorf("routed client: answered by %q seeing %q (%v); want h seeing %s", server, seen, err, lbtest.Client4)
+	}
+}
+
+// Ensure is idempotent, follows changes of address and persistence, and
+// Delete and Stats behave on missing services.
+func TestLifecycle(t *testing.T) {
+	ns := lbtest.NewNS(t, "life")
+	b := newBackend(t, ns)
+	other := service("other", "10.201.100.20:53", "rr", "10.201.2.2:53")
+	other.Protocol = "udp"
+	if err := b.Delete(other); err != nil {
+		t.Fatalf("Delete without a table: %v", err)
+	}
+	if _, err := b.Stats(other); !errors.Is(err, controller.ErrNotFound) {
+		t.Fatalf("Stats without a table: %v", err)
+	}
+	must(t, b.Ensure(other))
+	svc := service("web", "10.201.100.10:80", "wrr", "10.201.2.2:80", "10.201.3.2:80")
+	svc.Targets[0].Weight = 3
+	must(t, b.Ensure(svc))
+	list := func() string {
+		out, _ := nft(t, ns, "list", "table", "inet", "circuit")
+		return out
+	}
+	first := list()
+	txs := b.txs.Load()
+	must(t, b.Ensure(svc))
+	if b.txs.Load() != txs+1 {
+		t.Errorf("Ensure took %d transactions, want 1", b.txs.Load()-txs)
+	}
+	if again := list(); again != first {
+		t.Errorf("second Ensure changed the table:\n--- first\n%s\n--- second\n%s", first, again)
+	}
+
+	// Same name, new address, persistence and targets: nothing stale left.
+	moved := service("web", "[fd00:201:100::10]:443", "rr", "[fd00:201:2::2]:443")
+	lbtest.SetPersistence(&moved.Persistence, 30*time.Second)
+	must(t, b.Ensure(moved))
+	if out := list(); out != "" && (strings.Contains(out, "10.201.100.10") || strings.Contains(out, "10.201.3.2")) {
+		t.Errorf("stale address after moving the service:\n%s", out)
+	}
+	st := stats(t, b, moved)
+	if len(st.Targets) != 1 {
+		t.Errorf("targets after move: %+v", st.Targets)
+	}
+	lbtest.SetPersistence(&moved.Persistence, 0)
+	must(t, b.Ensure(moved))
+	if out := list(); strings.Contains(out, "aff-web") {
+		t.Errorf("affinity set left after persistence was turned off:\n%s", out)
+	}
+
+	// Adding a target to a service that is not programmed falls back to Ensure.
+	late := service("late", "10.201.100.30:80", "rr", "10.201.2.2:80")
+	must(t, b.AddTarget(late, late.Targets[0]))
+	if st := stats(t, b, late); len(st.Targets) != 1 {
+		t.Errorf("late service: %+v", st)
+	}
+	// The service passed must be the one after the change.
+	if err := b.RemoveTarget(late, late.Targets[0]); !errors.Is(err, controller.ErrInvalid) {
+		t.Errorf("RemoveTarget of a listed target: %v", err)
+	}
+	// Two services cannot share an address.
+	dup := service("dup", "10.201.100.30:80", "rr")
+	if err := b.Ensure(dup); !errors.Is(err, controller.ErrExists) {
+		t.Errorf("duplicate address: %v, want ErrExists", err)
+	}
+
+	for _, s := range []controller.Service{other, late, moved} {
+		must(t, b.Delete(s))
+	}
+	if exists, err := b.tableExists(); err != nil || exists {
+		t.Errorf("table exists=%v after deleting every service (%v):\n%s", exists, err, list())
+	}
+}
+
+// What `nft list ruleset` prints for our table loads back into nft, so
+// an admin's save and restore of the ruleset keeps working.
+func TestListingReloads(t *testing.T) {
+	ns := lbtest.NewNS(t, "reload")
+	b := newBackend(t, ns)
+	for i, v := range []string{"10.201.100.10:80", "[fd00:201:100::10]:80"} {
+		svc := service(fmt.Sprintf("s%d", i), v, "sh")
+		if i == 0 {
+			svc.Targets = []controller.Target{{Address: "10.201.2.2:80", Weight: 2}, {Address: "10.201.3.2:8080"}}
+		} else {
+			svc.Targets = []controller.Target{{Address: "[fd00:201:2::2]:80"}}
+		}
+		lbtest.SetPersistence(&svc.Persistence, time.Hour)
+		must(t, b.Ensure(svc))
+	}
+	out, ok := nft(t, ns, "list", "table", "inet", "circuit")
+	if !ok {
+		t.Skip("nft is not installed")
+	}
+	// Check it as a restore into an empty namespace would load it.
+	p, _ := lbtest.Tool("nft")
+	check, err := lbtest.NewNS(t, "empty").Run("sh", "-c", p+" -c -f - <<'EOF'\n"+out+"\nEOF")
+	if err != nil {
+		t.Errorf("nft -c rejects its own listing: %v\n%s\n%s", err, check, out)
+	}
+}

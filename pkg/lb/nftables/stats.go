@@ -1,0 +1,103 @@
+package nftables
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+
+	"github.com/google/nftables"
+
+	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
+)
+
+// Stats reads the service's counters:
+//   - Connections: the counter at the top of the service chain. NAT chains
+//     see only the first packet of a connection, so its packet count is
+//     the number of new connections.
+//   - Packets, Bytes: the service's @flowsN element, counting both
+//     directions (before DNAT and after un-DNAT).
+//   - per target: Connections, from the target chain's counter. Per-target
+//     packets and bytes are not tracked by this backend (always 0).
+func (b *Backend) Stats(svc controller.Service) (*controller.ServiceStatus, error) {
+	if err := spec.ValidName(svc.Name); err != nil {
+		return nil, fmt.Errorf("lb: %w", err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st, err := b.stats(svc)
+	if err != nil {
+		return nil, fmt.Errorf("lb %s: nftables: stats: %w", svc.Name, err)
+	}
+	return st, nil
+}
+
+func (b *Backend) stats(svc controller.Service) (*controller.ServiceStatus, error) {
+	exists, err := b.tableExists()
+	if err != nil {
+		return nil, err
+	}
+	var cur *current
+	if exists {
+		if cur, err = b.readService(svc.Name); err != nil {
+			return nil, err
+		}
+	}
+	if cur == nil {
+		return nil, fmt.Errorf("service is not programmed: %w", controller.ErrNotFound)
+	}
+	if s, err := spec.Parse(svc); err == nil {
+		cur.fallbackRecord(s)
+	}
+	st := &controller.ServiceStatus{Service: svc, Targets: map[string]controller.Counters{}}
+	if st.Stats.Connections, err = b.counter(counterDef(svc.Name)); err != nil {
+		return nil, err
+	}
+	if cur.rec.vip.IsValid() {
+		flows, err := b.conn.GetSetElements(flowsRef(cur.rec.vip.Addr().Is6()))
+		if err != nil {
+			return nil, fmt.Errorf("list set %s: %w", flowsSet(cur.rec.vip.Addr().Is6()), err)
+		}
+		for _, e := range flows {
+			if bytes.Equal(e.Key, cur.key()) && e.Counter != nil {
+				st.Stats.Packets, st.Stats.Bytes = e.Counter.Packets, e.Counter.Bytes
+			}
+		}
+	}
+	names := targetNames(svc)
+	for _, t := range cur.targets {
+		n, err := b.counter(targetCounterDef(svc.Name, t))
+		if err != nil {
+			return nil, err
+		}
+		name, ok := names[t]
+		if !ok {
+			name = t.String()
+		}
+		st.Targets[name] = controller.Counters{Connections: n}
+	}
+	return st, nil
+}
+
+// counter returns the packet count of a named counter.
+func (b *Backend) counter(o *nftables.CounterObj) (uint64, error) {
+	obj, err := b.conn.GetObject(o)
+	if err != nil {
+		return 0, fmt.Errorf("get counter %s: %w", o.Name, err)
+	}
+	if c, ok := obj.(*nftables.CounterObj); ok {
+		return c.Packets, nil
+	}
+	return 0, fmt.Errorf("counter %s: unexpected object %T", o.Name, obj)
+}
+
+// targetNames maps parsed target addresses to the strings the caller used.
+func targetNames(svc controller.Service) map[netip.AddrPort]string {
+	m := map[netip.AddrPort]string{}
+	for _, t := range svc.Targets {
+		if ap, err := spec.ParseAddrPort(t.Address); err == nil {
+			m[ap] = t.Address
+		}
+	}
+	return m
+}

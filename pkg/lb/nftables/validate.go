@@ -1,0 +1,54 @@
+package nftables
+
+import (
+	"fmt"
+
+	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
+)
+
+// Schedulers the nftables backend implements: rr and wrr with numgen, sh
+// with jhash of the client address. The rest need connection counts or
+// tables only IPVS keeps.
+var nftSchedulers = map[string]bool{"rr": true, "wrr": true, "sh": true}
+
+// validate parses svc and refuses what this backend cannot do.
+func validate(svc controller.Service) (*spec.Spec, error) {
+	s, err := spec.Parse(svc)
+	if err != nil {
+		return nil, err
+	}
+	if !nftSchedulers[s.Scheduler] {
+		return nil, fmt.Errorf("%s: the nftables backend cannot do %s scheduling (%s); use rr, wrr or sh, or the ipvs backend: %w",
+			s.Prefix(), spec.Schedulers[s.Scheduler], s.Scheduler, controller.ErrUnsupported)
+	}
+	for _, t := range s.Targets {
+		if err := validateTarget(s, t); err != nil {
+			return nil, err
+		}
+	}
+	if _, _, err := slots(weights(s)); err != nil {
+		return nil, fmt.Errorf("%s: %v: %w", s.Prefix(), err, controller.ErrInvalid)
+	}
+	return s, nil
+}
+
+func validateTarget(s *spec.Spec, t spec.Target) error {
+	if t.Forward != spec.ForwardNAT {
+		return fmt.Errorf("%s: target %s: the nftables backend only forwards by nat (DNAT), not %s; use the ipvs backend: %w",
+			s.Prefix(), t.Addr, t.Forward, controller.ErrUnsupported)
+	}
+	return nil
+}
+
+// weights are the scheduling weights: rr ignores configured weights.
+func weights(s *spec.Spec) []int {
+	w := make([]int, len(s.Targets))
+	for i, t := range s.Targets {
+		w[i] = 1
+		if s.Scheduler != "rr" {
+			w[i] = t.Weight
+		}
+	}
+	return w
+}
