@@ -34,15 +34,20 @@ func qosSetCommand(a *app) *cli.Command {
 		ArgsUsage: "NETWORK",
 		Description: `Rates are kbit/s when plain (--rate 5000 is 5 Mbit/s) or take tc's units
 (bit, kbit, mbit, gbit; bps, kbps, mbps are bytes). Delay and jitter are Go
-durations (50ms) or plain milliseconds. Loss is a percentage (0.5%). A second
-"qos set" replaces the whole policy.`,
+durations (50ms) or plain milliseconds. Loss is a percentage (0.5%).
+
+A second "qos set" changes what it names and keeps the rest: the rate pair
+(--rate, --ceiling) and the emulation trio (--delay, --jitter, --loss) are
+each replaced as a whole, so "--delay 50ms" after "--rate 5000" keeps the
+rate. Egress is the container's outgoing traffic, ingress its incoming
+traffic (through an IFB device in its namespace). "qos reset" removes it all.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "rate", Usage: "guaranteed `RATE`"},
 			&cli.StringFlag{Name: "ceiling", Usage: "`RATE` to borrow up to (needs --rate)"},
 			&cli.StringFlag{Name: "delay", Usage: "added latency `DURATION`"},
 			&cli.StringFlag{Name: "jitter", Usage: "latency variation `DURATION` (needs --delay)"},
 			&cli.StringFlag{Name: "loss", Usage: "random packet loss `PERCENT`"},
-			&cli.StringFlag{Name: "direction", Usage: "shape `DIRECTION`: egress, ingress or both (default: the controller's)"},
+			&cli.StringFlag{Name: "direction", Usage: "shape `DIRECTION`: egress, ingress or both (default: egress)"},
 			containerFlag(),
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {

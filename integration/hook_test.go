@@ -146,3 +146,23 @@ func TestHookTwentyAtOnce(t *testing.T) {
 		t.Fatalf("%d pins left", len(p))
 	}
 }
+
+// `circuit hook install` writes the hooks; runc then networks the container
+// with no other command.
+func TestHookInstall(t *testing.T) {
+	c := newCLI(t)
+	b := testutil.NewBundle(t)
+	conf := c.conf("installed", "10.220.14.0/24")
+	if out := c.must("hook", "install", "--cni-conf", conf, b.Dir); !strings.Contains(out, b.Dir) {
+		t.Fatalf("hook install printed %q", out)
+	}
+	ctr := b.MustStart(t, testutil.RandName("inst-"))
+	if ip := containerIP(t, ctr); !strings.HasPrefix(ip, "10.220.14.") {
+		t.Fatalf("container address %s", ip)
+	}
+	if err := ping(ctr, "10.220.14.1"); err != nil {
+		t.Fatal(err)
+	}
+	ctr.Stop(t)
+	c.assertReleased("installed", ctr.ID)
+}
