@@ -47,7 +47,7 @@ traffic (through an IFB device in its namespace). "qos reset" removes it all.`,
 			&cli.StringFlag{Name: "delay", Usage: "added latency `DURATION`"},
 			&cli.StringFlag{Name: "jitter", Usage: "latency variation `DURATION` (needs --delay)"},
 			&cli.StringFlag{Name: "loss", Usage: "random packet loss `PERCENT`"},
-			&cli.StringFlag{Name: "direction", Usage: "shape `DIRECTION`: egress, ingress or both (default: egress)"},
+			&cli.StringFlag{Name: "direction", Usage: "shape `DIRECTION`: egress, ingress or both (default: egress, or the direction already set)"},
 			containerFlag(),
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
