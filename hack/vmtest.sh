@@ -21,7 +21,7 @@ run_re=${VMTEST_RUN:-}                      # -test.run regex
 extra_tests=${VMTEST_EXTRA_TESTS:-}         # dir of prebuilt *.test binaries
 circuit_bin=${VMTEST_CIRCUIT_BIN:-}         # prebuilt circuit binary to use
 vm_timeout=${VMTEST_TIMEOUT:-900}           # seconds for the whole guest run
-test_timeout=${VMTEST_TEST_TIMEOUT:-10m}    # -test.timeout of each binary
+test_timeout=${VMTEST_TEST_TIMEOUT:-5m}     # -test.timeout of each binary
 cgroup=${VMTEST_CGROUP:-v2}                 # v2 or v1 inside the guest
 guest_env=${VMTEST_GUEST_ENV:-}             # extra K=V (space separated)
 mem=${VMTEST_MEM:-1536}                     # guest memory, MiB
@@ -360,7 +360,9 @@ timeout -k 10 "$vm_timeout" qemu-system-x86_64 \
 	-kernel "$work/vmlinuz" -initrd "$work/initrd.gz" \
 	-append "console=ttyS0 quiet loglevel=3 panic=-1" \
 	-nographic -nic none -no-reboot $qemu_extra </dev/null |
-	tr -d '\r' | tee "$work/console.log"
+	sed -u -e 's/\r//g' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1bc//g' |
+	tee "$work/console.log"
+# (sed drops the CRs and the firmware's terminal escapes, such as "reset".)
 # timeout(1) exits 124 (137 after its -k kill) when the guest ran out of time.
 qemu_rc=${PIPESTATUS[0]}
 set -e

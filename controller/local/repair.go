@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -17,8 +18,8 @@ import (
 	"github.com/circuit-cni/circuit/pkg/netns"
 )
 
-// connectGrace is how long a peer may stay "connecting" before gc takes it
-// for the leftover of a killed connect; a CNI ADD takes milliseconds.
+// connectGrace is how long a peer may stay "connecting" while a circuit
+// process that could be making it still runs; a CNI ADD takes milliseconds.
 const connectGrace = 2 * time.Minute
 
 // alive reports whether a peer's container still runs in the namespace
@@ -27,19 +28,174 @@ func alive(p *controller.Peer) bool {
 	return netns.IsNetns(p.Netns) && netns.Same(p.Netns, netns.ProcPath(p.PID))
 }
 
-// stale reports why gc should remove a peer, or "" to keep it.
-func stale(p *controller.Peer, now time.Time) string {
+// stale reports why gc or restore should remove a peer, or "" to keep it.
+// A "connecting" record is a connect in progress while it is young and a
+// circuit process that may own it, or a CNI plugin working on it, runs;
+// a connect killed part-way leaves one that nothing will finish.
+func (c *Controller) stale(ctx context.Context, p *controller.Peer, now time.Time, procs *procScan) string {
 	switch {
 	case p.State == controller.PeerDisconnecting:
 		return "an interrupted disconnect"
 	case p.State == controller.PeerConnecting && now.Sub(p.ConnectedAt) > connectGrace:
 		return "an interrupted connect"
 	case p.State == controller.PeerConnecting:
-		return "" // a connect in progress
+		if procs.mayConnect(c.cfg.StateDir, p) || !c.stillConnecting(ctx, p) {
+			return "" // a connect in progress, or one that ended meanwhile
+		}
+		return "an interrupted connect"
 	case !alive(p):
 		return "its container is gone"
 	}
 	return ""
+}
+
+// stillConnecting re-reads a "connecting" record after the process scan:
+// a connect that finished (or rolled back) between the caller's read and
+// the scan changed or removed it, and a later connect of the same
+// attachment has another ConnectedAt.
+func (c *Controller) stillConnecting(ctx context.Context, p *controller.Peer) bool {
+	same := false
+	c.store.View(ctx, func(tx ds.Tx) error {
+		q, err := tx.GetPeer(p.Network, p.ContainerID, p.IfName)
+		if err == nil {
+			same = q.State == controller.PeerConnecting && q.ConnectedAt.Equal(p.ConnectedAt)
+		}
+		return err
+	})
+	return same
+}
+
+// procScan is what /proc says about processes that may be connecting a
+// container: circuit processes other than this one, with the state dirs
+// they use, and the attachments CNI plugins are working on. A circuit
+// killed during a connect leaves its plugins running, orphaned, until
+// they finish their ADD; deleting the attachment under them would leave
+// whatever they make after.
+//
+// It is taken once, lazily, after the records were read: a "connecting"
+// record read before the scan was written by a process started before it,
+// so if no such process shows, its writer is dead or done.
+type procScan struct {
+	done     bool
+	unsure   bool     // cannot see every process: assume a connect runs
+	circuits []string // state dirs of other circuit processes ("" = unknown)
+	plugins  map[string]bool
+}
+
+// initPidNS is the inode of the initial PID namespace (PROC_PID_INIT_INO).
+const initPidNS = "pid:[4026531836]"
+
+func (s *procScan) scan() {
+	s.done = true
+	s.plugins = map[string]bool{}
+	if ns, err := os.Readlink("/proc/self/ns/pid"); err != nil || ns != initPidNS {
+		s.unsure = true // processes outside our PID namespace are invisible
+		return
+	}
+	self, _ := os.Stat("/proc/self/exe")
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		s.unsure = true
+		return
+	}
+	me := os.Getpid()
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == me {
+			continue
+		}
+		dir := filepath.Join("/proc", e.Name())
+		env, _ := os.ReadFile(filepath.Join(dir, "environ"))
+		vars := strings.Split(string(env), "\x00")
+		if id, ns := envValue(vars, "CNI_CONTAINERID"), envValue(vars, "CNI_NETNS"); id != "" {
+			s.plugins[id+"\x00"+ns] = true
+		}
+		exe, err := os.Readlink(filepath.Join(dir, "exe"))
+		if err != nil {
+			continue // a kernel thread, or gone
+		}
+		isCircuit := filepath.Base(strings.TrimSuffix(exe, " (deleted)")) == "circuit"
+		if fi, err := os.Stat(filepath.Join(dir, "exe")); err == nil && self != nil && os.SameFile(fi, self) {
+			isCircuit = true
+		}
+		if isCircuit {
+			s.circuits = append(s.circuits, stateDirOf(dir, vars))
+		}
+	}
+}
+
+// mayConnect reports whether a process that may be making p runs.
+func (s *procScan) mayConnect(stateDir string, p *controller.Peer) bool {
+	if !s.done {
+		s.scan()
+	}
+	if s.unsure || s.plugins[p.ContainerID+"\x00"+p.Netns] || s.plugins[p.ContainerID+"\x00"] {
+		return true
+	}
+	for _, d := range s.circuits {
+		if d == "" || sameDir(d, stateDir) {
+			return true
+		}
+	}
+	return false
+}
+
+// stateDirOf finds the state dir a circuit process uses, as its command
+// line gives it (--state, else $CIRCUIT_STATE, else the default), or ""
+// when that cannot be told.
+func stateDirOf(dir string, env []string) string {
+	b, err := os.ReadFile(filepath.Join(dir, "cmdline"))
+	if err != nil {
+		return ""
+	}
+	args := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+	var found []string
+	for i := 1; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case (a == "--state" || a == "-state") && i+1 < len(args):
+			found = append(found, args[i+1])
+		case strings.HasPrefix(a, "--state="), strings.HasPrefix(a, "-state="):
+			_, v, _ := strings.Cut(a, "=")
+			found = append(found, v)
+		}
+	}
+	if len(found) > 1 {
+		return "" // the last one wins, unless one is an argument: don't guess
+	}
+	state := DefaultStateDir
+	if len(found) == 1 {
+		state = found[0]
+	} else if v := envValue(env, "CIRCUIT_STATE"); v != "" {
+		state = v
+	}
+	if !filepath.IsAbs(state) {
+		cwd, err := os.Readlink(filepath.Join(dir, "cwd"))
+		if err != nil {
+			return ""
+		}
+		state = filepath.Join(cwd, state)
+	}
+	return filepath.Clean(state)
+}
+
+func envValue(env []string, key string) string {
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, key+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// sameDir compares two absolute paths, through symlinks where they resolve.
+func sameDir(a, b string) bool {
+	if filepath.Clean(a) == filepath.Clean(b) {
+		return true
+	}
+	fa, errA := os.Stat(a)
+	fb, errB := os.Stat(b)
+	return errA == nil && errB == nil && os.SameFile(fa, fb)
 }
 
 // GC removes what belongs to containers that are gone: their attachments
@@ -75,6 +231,7 @@ func (c *Controller) GC(ctx context.Context, dryRun bool) (*controller.Report, e
 		return nil, fmt.Errorf("gc: %w", err)
 	}
 	now := time.Now()
+	procs := &procScan{}
 	pinsKept := map[string]bool{}
 	for ni := range nets {
 		n := &nets[ni]
@@ -88,13 +245,17 @@ func (c *Controller) GC(ctx context.Context, dryRun bool) (*controller.Report, e
 		for pi := range n.Peers {
 			p := &n.Peers[pi]
 			known[p.ContainerID+"/"+p.IfName] = true // kept, or cleaned by detach below
-			why := stale(p, now)
+			why := c.stale(ctx, p, now, procs)
 			if why == "" {
 				pinsKept[filepath.Base(p.Netns)] = true
 				live = append(live, cni.Attachment{ContainerID: p.ContainerID, IfName: p.IfName})
 				continue
 			}
-			say("disconnect %s from %s (%s): %s", p.ContainerID, n.Name, why, strings.Join(p.IPs, ", "))
+			if len(p.IPs) == 0 {
+				say("disconnect %s from %s (%s)", p.ContainerID, n.Name, why)
+			} else {
+				say("disconnect %s from %s (%s): %s", p.ContainerID, n.Name, why, strings.Join(p.IPs, ", "))
+			}
 			if !dryRun {
 				if err := c.detach(ctx, n, p); err != nil {
 					errs = append(errs, fmt.Errorf("gc %s on %s: %w", p.ContainerID, n.Name, err))

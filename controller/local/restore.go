@@ -23,16 +23,21 @@ func (c *Controller) Restore(ctx context.Context) (*controller.Report, error) {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	now := time.Now()
+	procs := &procScan{}
 	for ni := range nets {
 		n := &nets[ni]
 		for pi := range n.Peers {
 			p := &n.Peers[pi]
-			if why := stale(p, now); why != "" {
+			if why := c.stale(ctx, p, now, procs); why != "" {
 				if err := c.detach(ctx, n, p); err != nil {
 					errs = append(errs, fmt.Errorf("restore: disconnect %s from %s: %w", p.ContainerID, n.Name, err))
 					continue
 				}
-				rep.Actions = append(rep.Actions, fmt.Sprintf("disconnected %s from %s (%s), released %s", p.ContainerID, n.Name, why, strings.Join(p.IPs, ", ")))
+				line := fmt.Sprintf("disconnected %s from %s (%s)", p.ContainerID, n.Name, why)
+				if len(p.IPs) > 0 {
+					line += ", released " + strings.Join(p.IPs, ", ")
+				}
+				rep.Actions = append(rep.Actions, line)
 				continue
 			}
 			if p.State != controller.PeerConnected {

@@ -23,6 +23,7 @@ if [ "$1" != stage2 ]; then
 	mkdir -p /dev /newroot
 	mount -t devtmpfs devtmpfs /dev
 	exec </dev/console >/dev/console 2>&1
+	echo # the firmware may have left the cursor mid-line
 	# Bind-mount the rootfs onto itself and chroot into that mount: / is then
 	# an ordinary mount (one with a parent), which pivot_root accepts; no
 	# copying needed.

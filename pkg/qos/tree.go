@@ -57,7 +57,7 @@ func checkRoot(h *netlink.Handle, link netlink.Link) (netlink.Qdisc, error) {
 	if q != nil && !isOurs(q) {
 		return nil, &kindError{
 			msg: fmt.Sprintf("%s already has a root qdisc %s %s that circuit did not install; remove it first",
-				link.Attrs().Name, q.Type(), strings.TrimSuffix(netlink.HandleStr(q.Attrs().Handle), "0")),
+				link.Attrs().Name, q.Type(), strings.TrimSuffix(netlink.HandleStr(q.Attrs().Handle), ":0")+":"),
 			kind: controller.ErrInUse,
 		}
 	}

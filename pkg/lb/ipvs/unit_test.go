@@ -138,4 +138,3 @@ func TestAvailableNames(t *testing.T) {
 		}
 	}
 }
-

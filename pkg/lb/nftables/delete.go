@@ -45,18 +45,41 @@ func (b *Backend) delete(svc controller.Service) error {
 		bt.msgs++
 		return b.commit(bt)
 	}
+	steps := b.deleteSteps(svc.Name, cur)
+	for _, step := range steps {
+		step(bt)
+	}
+	if err := b.commit(bt); err == nil || !isNotExist(err) {
+		return err
+	}
+	// Something was already gone (deleted by hand?): delete the rest one
+	// step at a time, skipping what is missing.
+	for _, step := range steps {
+		bt := b.newBatch()
+		step(bt)
+		if err := b.commit(bt); err != nil && !isNotExist(err) {
+			return err
+		}
+	}
+	return nil
+}
+
+// deleteSteps lists the batch steps deleting a service, in dependency
+// order: references before what they reference.
+func (b *Backend) deleteSteps(name string, cur *current) []func(*batch) {
+	var steps []func(*batch)
 	if cur.rec.vip.IsValid() {
-		bt.delVIP(cur.rec.vip, cur.rec.proto)
+		steps = append(steps, func(bt *batch) { bt.delVIP(cur.rec.vip, cur.rec.proto) })
 	}
-	ch := svcChainDef(svc.Name)
-	bt.flushChain(ch)
-	bt.delChain(ch)
+	ch := svcChainDef(name)
+	steps = append(steps, func(bt *batch) { bt.flushChain(ch); bt.delChain(ch) })
 	for _, t := range cur.targets {
-		bt.delTarget(svc.Name, t, cur.hadAffinity(b, svc.Name, t))
+		aff := cur.hadAffinity(b, name, t)
+		steps = append(steps, func(bt *batch) { bt.delTarget(name, t, aff) })
 	}
-	bt.delSet(targetSetRef(svc.Name))
-	bt.delObj(counterDef(svc.Name))
-	return b.commit(bt)
+	return append(steps,
+		func(bt *batch) { bt.delSet(targetSetRef(name)) },
+		func(bt *batch) { bt.delObj(counterDef(name)) })
 }
 
 // onlyService reports whether cur is the only service in the table.

@@ -38,7 +38,11 @@ func (b *Backend) ensure(s *spec.Spec) error {
 		bt.createTable()
 		bt.createService(s)
 		err := b.commit(bt)
-		if err == nil || !errors.Is(err, unix.EEXIST) {
+		switch {
+		case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EOPNOTSUPP):
+			return fmt.Errorf("create table inet %s: %w (the kernel lacks an nftables feature this backend needs: "+
+				"nat, numgen, jhash, ct, masquerade or dynamic sets): %w", tableName, err, controller.ErrUnsupported)
+		case err == nil || !errors.Is(err, unix.EEXIST):
 			return wrapCommit("create table inet "+tableName, err)
 		}
 		// Another process created the table meanwhile: go on with it.

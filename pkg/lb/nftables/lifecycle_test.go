@@ -3,6 +3,7 @@ package nftables
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -105,7 +106,16 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("duplicate address: %v, want ErrExists", err)
 	}
 
-	for _, s := range []controller.Service{other, late, moved} {
+	// Someone removed part of a service by hand: Delete still cleans up.
+	bt := b.newBatch()
+	bt.delVIP(netip.MustParseAddrPort(late.Address), 6)
+	must(t, b.commit(bt))
+	must(t, b.Delete(late))
+	if out := list(); strings.Contains(out, "late") {
+		t.Errorf("service left after Delete of a damaged service:\n%s", out)
+	}
+
+	for _, s := range []controller.Service{other, moved} {
 		must(t, b.Delete(s))
 	}
 	if exists, err := b.tableExists(); err != nil || exists {

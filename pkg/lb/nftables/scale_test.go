@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+
 	"github.com/circuit-cni/circuit/controller"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/lbtest"
 )
@@ -87,17 +89,65 @@ func startMonitor(t *testing.T, ns *lbtest.NS) *monitor {
 	}
 	m := &monitor{}
 	ns.Start(t, m, p, "monitor")
-	time.Sleep(300 * time.Millisecond) // let it subscribe
+	// nft subscribes a while after it starts: repeat a probe change until
+	// it is reported, then forget the probe.
+	probe := &nftables.Table{Name: "monitor-probe", Family: nftables.TableFamilyINet}
+	c, err := nftables.New(nftables.WithNetNSFd(nsFd(t, ns)))
+	must(t, err)
+	for i := 0; ; i++ {
+		c.AddTable(probe)
+		must(t, c.Flush())
+		c.DelTable(probe)
+		must(t, c.Flush())
+		time.Sleep(100 * time.Millisecond)
+		m.mu.Lock()
+		out := m.buf.String()
+		m.mu.Unlock()
+		// Seen, up to the end of its transaction.
+		if i := strings.LastIndex(out, "delete table inet monitor-probe"); i >= 0 &&
+			strings.Contains(out[i:], "# new generation") {
+			break
+		}
+		if i == 200 {
+			t.Fatal("nft monitor reports nothing")
+		}
+	}
+	m.mu.Lock()
+	m.buf.Reset()
+	m.mu.Unlock()
 	return m
+}
+
+// wait waits up to 20s (the VM tier emulates its CPUs) for n lines
+// starting with prefix.
+func (m *monitor) wait(t *testing.T, prefix string, n int) string {
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		m.mu.Lock()
+		out := m.buf.String()
+		m.mu.Unlock()
+		got := 0
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, prefix) {
+				got++
+			}
+		}
+		if got >= n {
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nft monitor: %d of %d %q lines after 20s:\n%s", got, n, prefix, out)
+		}
+	}
 }
 
 // check asserts the kernel reported gens transactions ("new generation")
 // and no change to any object but those of service name (its anonymous
 // vmap, __mapN, included).
 func (m *monitor) check(t *testing.T, name string, gens int) {
-	time.Sleep(300 * time.Millisecond)
+	out := m.wait(t, "# new generation", gens)
+	time.Sleep(200 * time.Millisecond) // anything more would show now
 	m.mu.Lock()
-	out := m.buf.String()
+	out = m.buf.String()
 	m.mu.Unlock()
 	own := regexp.MustCompile(`-` + regexp.QuoteMeta(name) + `([ /"]|$)| __map\d+$`)
 	n := 0
