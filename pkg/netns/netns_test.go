@@ -1,0 +1,79 @@
+package netns
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/circuit-cni/circuit/pkg/testutil"
+)
+
+func TestPinOutlivesProcess(t *testing.T) {
+	testutil.RequireRoot(t)
+	s := testutil.NewSleeper(t)
+	pin := filepath.Join(t.TempDir(), "pins", "one")
+	if err := Pin(ProcPath(s.PID), pin); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Unpin(pin) })
+	if !IsNetns(pin) || !Same(pin, ProcPath(s.PID)) || Same(pin, ProcPath(os.Getpid())) {
+		t.Fatal("pin does not name the sleeper's namespace")
+	}
+	// Something made in the namespace stays reachable through the pin
+	// after its process died: this is what lets DEL clean up.
+	if err := Do(pin, func() error {
+		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth1"})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s.Kill()
+	name, err := FreeIfName(pin)
+	if err != nil || name != "eth2" {
+		t.Fatalf("FreeIfName after death = %q, %v; want eth2", name, err)
+	}
+	if err := Unpin(pin); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(pin); !os.IsNotExist(err) || IsNetns(pin) {
+		t.Fatalf("pin still there: %v", err)
+	}
+	if err := Unpin(pin); err != nil {
+		t.Fatalf("second unpin: %v", err)
+	}
+}
+
+func TestDoLeavesThreadsHome(t *testing.T) {
+	testutil.RequireRoot(t)
+	s := testutil.NewSleeper(t)
+	home, _ := os.Readlink("/proc/thread-self/ns/net")
+	for range 50 {
+		var inside string
+		Do(ProcPath(s.PID), func() error {
+			inside, _ = os.Readlink("/proc/thread-self/ns/net")
+			return nil
+		})
+		if inside == home {
+			t.Fatal("Do ran fn in the caller's namespace")
+		}
+	}
+	// Every thread of this process is back home.
+	tasks, _ := filepath.Glob("/proc/self/task/*/ns/net")
+	for _, task := range tasks {
+		if ns, _ := os.Readlink(task); ns != home {
+			t.Fatalf("thread %s left in %s", task, ns)
+		}
+	}
+	if err := Do("/nonexistent", func() error { return nil }); err == nil {
+		t.Fatal("Do into a missing namespace succeeded")
+	}
+}
+
+func TestPlainFileIsNotNetns(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "stale")
+	os.WriteFile(f, nil, 0o600) // what a pin is after a reboot
+	if IsNetns(f) {
+		t.Fatal("a plain file counts as a namespace")
+	}
+}
