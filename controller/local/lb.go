@@ -92,6 +92,11 @@ func (c *Controller) CreateService(ctx context.Context, svc controller.Service) 
 	if err := normalizeService(&svc); err != nil {
 		return nil, fmt.Errorf("lb create %s: %w", svc.Name, err)
 	}
+	unlock, err := c.lock(ctx, "lb")
+	if err != nil {
+		return nil, fmt.Errorf("lb create %s: %w", svc.Name, err)
+	}
+	defer unlock()
 	b, err := c.backendFor(svc.Backend)
 	if err != nil {
 		return nil, fmt.Errorf("lb create %s: %w", svc.Name, err)
@@ -150,6 +155,11 @@ func (c *Controller) service(ctx context.Context, name string) (*controller.Serv
 // difference to the kernel, one target at a time; on failure the record
 // and the kernel go back to how they were.
 func (c *Controller) changeTargets(ctx context.Context, name string, edit func(svc *controller.Service) ([]controller.Target, error), remove bool) error {
+	unlock, err := c.lock(ctx, "lb")
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	old, err := c.service(ctx, name)
 	if err != nil {
 		return err
@@ -259,6 +269,11 @@ func (c *Controller) RemoveTargets(ctx context.Context, service string, targets 
 // DeleteService removes a service from the kernel and the datastore; a
 // kernel side that is already gone is not an error.
 func (c *Controller) DeleteService(ctx context.Context, service string) error {
+	unlock, err := c.lock(ctx, "lb")
+	if err != nil {
+		return fmt.Errorf("lb delete %s: %w", service, err)
+	}
+	defer unlock()
 	svc, err := c.service(ctx, service)
 	if err != nil {
 		return fmt.Errorf("lb delete %s: %w", service, err)
@@ -309,6 +324,11 @@ func (c *Controller) ShowService(ctx context.Context, service string) (*controll
 // restoreServices programs every recorded service the kernel lacks
 // (Stats says ErrNotFound) or whose targets differ from the record.
 func (c *Controller) restoreServices(ctx context.Context) ([]string, error) {
+	unlock, err := c.lock(ctx, "lb")
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	svcs, err := c.ListServices(ctx)
 	if err != nil {
 		return nil, err

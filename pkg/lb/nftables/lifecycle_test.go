@@ -18,6 +18,7 @@ import (
 // br_netfilter on, the bridge itself un-NATs the replies and the
 // connection must simply work.
 func TestHairpin(t *testing.T) {
+	t.Parallel()
 	tp := lbtest.NewTopo(t)
 	tp.AddHairpin(t)
 	b := newBackend(t, tp.LB)
@@ -25,12 +26,17 @@ func TestHairpin(t *testing.T) {
 	must(t, b.Ensure(svc))
 
 	brnf := "net/bridge/bridge-nf-call-iptables"
-	if _, err := os.Stat("/proc/sys/" + brnf); err == nil {
+	if host, err := os.ReadFile("/proc/sys/" + brnf); err == nil {
 		tp.LB.Sysctl(t, brnf, "1")
 		if server, _, err := lbtest.Get(tp.C.Client(""), url(lbtest.VIP4)); err != nil || server != "h" {
 			t.Errorf("hairpin client with br_netfilter: answered by %q (%v)", server, err)
 		}
 		tp.LB.Sysctl(t, brnf, "0")
+		// Old kernels had this sysctl global: never leave the host changed.
+		if now, _ := os.ReadFile("/proc/sys/" + brnf); string(now) != string(host) {
+			os.WriteFile("/proc/sys/"+brnf, host, 0o644)
+			t.Fatalf("%s is not per network namespace here", brnf)
+		}
 	}
 	server, seen, err := lbtest.Get(tp.C.Client(""), url(lbtest.VIP4))
 	if err != nil || server != "h" || seen != "10.201.4.1" {
@@ -45,6 +51,7 @@ func TestHairpin(t *testing.T) {
 // Ensure is idempotent, follows changes of address and persistence, and
 // Delete and Stats behave on missing services.
 func TestLifecycle(t *testing.T) {
+	t.Parallel()
 	ns := lbtest.NewNS(t, "life")
 	b := newBackend(t, ns)
 	other := service("other", "10.201.100.20:53", "rr", "10.201.2.2:53")
@@ -126,6 +133,7 @@ func TestLifecycle(t *testing.T) {
 // What `nft list ruleset` prints for our table loads back into nft, so
 // an admin's save and restore of the ruleset keeps working.
 func TestListingReloads(t *testing.T) {
+	t.Parallel()
 	ns := lbtest.NewNS(t, "reload")
 	b := newBackend(t, ns)
 	for i, v := range []string{"10.201.100.10:80", "[fd00:201:100::10]:80"} {

@@ -160,29 +160,38 @@ func (b *batch) addServiceRules(s *spec.Spec) error {
 	return nil
 }
 
-// addTargetRule queues the one rule of a target chain (new or flushed):
+// addTargetRules queues the rules of a target chain (new or flushed):
 //
-//	counter name "svc-NAME/T" [update @aff-NAME/T { ip saddr timeout P }]
-//	meta l4proto tcp update @recentN { T } dnat ip to T
-func (b *batch) addTargetRule(s *spec.Spec, t netip.AddrPort) {
+//	counter name "svc-NAME/T"
+//	update @aff-NAME/T { ip saddr timeout P }   # if persistent
+//	update @recentN { T }
+//	meta l4proto tcp dnat ip to T
+//
+// A set update fails when the set is full and ends its rule, so each
+// update has its own rule: a full set costs stickiness, never the DNAT.
+func (b *batch) addTargetRules(s *spec.Spec, t netip.AddrPort) {
 	f := famOf(t.Addr().Is6())
-	e := []expr.Any{&expr.Objref{Type: unix.NFT_OBJECT_COUNTER, Name: targetChain(s.Name, t)}}
+	ch := targetChainDef(s.Name, t)
+	rule := func(e ...expr.Any) {
+		b.addRule(&nftables.Rule{Table: table(), Chain: ch, Exprs: e})
+	}
+	rule(&expr.Objref{Type: unix.NFT_OBJECT_COUNTER, Name: targetChain(s.Name, t)})
 	if s.Persistence > 0 {
 		// Refreshes the client's timeout on each new connection.
-		e = append(e, matchNfproto(f)...)
-		e = append(e, loadSaddr(f),
-			&expr.Dynset{SrcRegKey: regSaddr, SetName: affinitySet(s.Name, t), Operation: dynsetUpdate, Timeout: s.Persistence})
+		rule(append(matchNfproto(f), loadSaddr(f),
+			&expr.Dynset{SrcRegKey: regSaddr, SetName: affinitySet(s.Name, t), Operation: dynsetUpdate, Timeout: s.Persistence})...)
 	}
-	// The protocol match is redundant (the services map keys on it) but
-	// lets nft print a port mapping it can read back.
-	e = append(e,
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: regKey},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: regKey, Data: []byte{s.Proto}},
+	target := []expr.Any{
 		&expr.Immediate{Register: regKey, Data: t.Addr().AsSlice()},
 		&expr.Immediate{Register: f.reg(0), Data: be16(t.Port())},
-		&expr.Dynset{SrcRegKey: regKey, SetName: recentSet(f.v6), Operation: dynsetUpdate},
-		dnat(f))
-	b.addRule(&nftables.Rule{Table: table(), Chain: targetChainDef(s.Name, t), Exprs: e})
+	}
+	rule(append(target, &expr.Dynset{SrcRegKey: regKey, SetName: recentSet(f.v6), Operation: dynsetUpdate})...)
+	// The protocol match is redundant (the services map keys on it) but
+	// lets nft print a port mapping it can read back.
+	rule(append([]expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: regKey},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: regKey, Data: []byte{s.Proto}},
+	}, append(target, dnat(f))...)...)
 }
 
 // addTarget queues a target's chain, counter and affinity set (adds are
@@ -195,7 +204,7 @@ func (b *batch) addTarget(s *spec.Spec, t netip.AddrPort) {
 	ch := targetChainDef(s.Name, t)
 	b.addChain(ch)
 	b.flushChain(ch)
-	b.addTargetRule(s, t)
+	b.addTargetRules(s, t)
 }
 
 // delTarget queues the removal of a target's objects. The service chain

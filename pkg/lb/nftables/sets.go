@@ -16,8 +16,9 @@ const hairpinTimeout = time.Hour
 // (prerouting) to the postrouting chain.
 const recentTimeout = time.Minute
 
-// affinitySize bounds the clients remembered per persistent service.
-const affinitySize = 65536
+// affinitySize bounds the clients remembered per target; beyond it, new
+// clients are still balanced, just not remembered.
+const affinitySize = 1 << 18
 
 // setIDs numbers sets within a batch. We assign IDs ourselves because
 // google/nftables' own counter is a global without a lock.
@@ -52,7 +53,7 @@ func flowsSetDef(v6 bool) *nftables.Set {
 
 func hairpinSetDef() *nftables.Set {
 	return &nftables.Set{Table: table(), Name: setHairpinIf, ID: newSetID(), Dynamic: true,
-		HasTimeout: true, Timeout: hairpinTimeout, Size: 4096, Concatenation: true,
+		HasTimeout: true, Timeout: hairpinTimeout, Size: 65536, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(nftables.TypeIFIndex, nftables.TypeIFIndex)}
 }
 

@@ -12,6 +12,7 @@ import (
 // TestTraffic drives real HTTP through the nftables backend in a
 // throwaway topology: client -> LB (the backend) -> servers a and b.
 func TestTraffic(t *testing.T) {
+	t.Parallel()
 	tp := lbtest.NewTopo(t)
 	b := newBackend(t, tp.LB)
 	addForeignTable(t, tp.LB)

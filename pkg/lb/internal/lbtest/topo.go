@@ -1,7 +1,6 @@
 package lbtest
 
 import (
-	"os"
 	"os/exec"
 	"testing"
 	"time"
@@ -87,16 +86,6 @@ func (tp *Topo) AddHairpin(t testing.TB) {
 // is missing (inspection only: the tests never need it to pass).
 func Tool(name string) (string, bool) {
 	p, err := exec.LookPath(name)
-	return p, err == nil
-}
-
-// Busybox returns $CIRCUIT_TEST_BUSYBOX (default /bin/busybox) if it exists.
-func Busybox() (string, bool) {
-	p := os.Getenv("CIRCUIT_TEST_BUSYBOX")
-	if p == "" {
-		p = "/bin/busybox"
-	}
-	_, err := os.Stat(p)
 	return p, err == nil
 }
 
