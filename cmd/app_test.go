@@ -246,7 +246,7 @@ func TestErrors(t *testing.T) {
 		{[]string{"lb", "create", "x", "1.2.3.4:80", "--scheduler", "best"}, 1, `scheduler "best": invalid argument`},
 		{[]string{"lb", "add", "demo"}, 2, "circuit: lb add: missing arguments: want NAME TARGET..."},
 		{[]string{"lb", "add", "demo", "10.0.0.1:80", "--forward", "magic"}, 2, `--forward "magic"`},
-		{[]string{"lb", "add", "demo", "10.0.0.1:80", "--weight", "-1"}, 2, "circuit: lb add: --weight -1: want 0-65535"},
+		{[]string{"lb", "add", "demo", "10.0.0.1:80", "--weight", "-1"}, 2, "circuit: lb add: --weight -1: want 1-65535"},
 		{[]string{"lb", "add", "demo", "10.0.0.1:80", "--weight", "heavy"}, 2, `invalid value "heavy" for flag -weight`},
 		{[]string{"lb", "add", "nope", "10.0.0.1:80"}, 1, `circuit: service "nope": not found`},
 		{[]string{"lb", "add", "demo", "10.0.0.1:80", "bad"}, 1, `target "bad"`},

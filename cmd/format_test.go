@@ -122,12 +122,12 @@ func TestLBFormats(t *testing.T) {
 	h.must("lb", "create", "demo", "192.168.100.235:80")
 	h.must("lb", "add", "demo", "10.254.1.196:80", "10.254.1.20:80")
 	h.must("lb", "add", "demo", "10.254.1.3:80", "--weight", "5", "--forward", "dr")
-	h.must("lb", "add", "demo", "10.254.1.4:80", "--weight", "0")
+	h.must("lb", "add", "demo", "10.254.1.4:80", "--weight", "2")
 
 	h.expect(`NAME                ADDR                 PROTOCOL            SCHEDULER
 demo                192.168.100.235:80   tcp                 rr
   -> 10.254.1.3:80  weight 5  dr
-  -> 10.254.1.4:80  weight 0
+  -> 10.254.1.4:80  weight 2
   -> 10.254.1.20:80
   -> 10.254.1.196:80
 web                 [fd00::1]:443        sctp                wlc
@@ -148,7 +148,7 @@ bytes:        45000
 
 TARGET                  WEIGHT  FORWARD  CONNECTIONS  PACKETS      BYTES
 10.254.1.3:80           5       dr       0            0            0
-10.254.1.4:80           0       nat      0            0            0
+10.254.1.4:80           2       nat      0            0            0
 10.254.1.20:80          1       nat      0            0            0
 10.254.1.196:80         1       nat      12           340          45000
 `, "lb", "show", "demo")

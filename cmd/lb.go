@@ -77,10 +77,10 @@ func lbCreateCommand(a *app) *cli.Command {
 func lbAddCommand(a *app) *cli.Command {
 	return &cli.Command{
 		Name:      "add",
-		Usage:     "add targets to a service (or change their weight)",
+		Usage:     "add targets to a service",
 		ArgsUsage: "NAME TARGET...",
 		Flags: []cli.Flag{
-			&cli.IntFlag{Name: "weight", Value: 1, Usage: "relative `WEIGHT` of the targets (0 stops new connections)"},
+			&cli.IntFlag{Name: "weight", Value: 1, Usage: "relative `WEIGHT` of the targets, 1-65535"},
 			&cli.StringFlag{Name: "forward", Value: "nat", Usage: "forwarding `METHOD`: nat, dr or tunnel"},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
@@ -91,8 +91,8 @@ func lbAddCommand(a *app) *cli.Command {
 			if err != nil {
 				return err
 			}
-			if w := cmd.Int("weight"); w < 0 || w > 65535 {
-				return usageErrorf(cmd, "--weight %d: want 0-65535", w)
+			if w := cmd.Int("weight"); w < 1 || w > 65535 {
+				return usageErrorf(cmd, "--weight %d: want 1-65535", w)
 			}
 			name := cmd.Args().First()
 			var targets []controller.Target

@@ -566,8 +566,10 @@ func (f *Fake) AddTargets(ctx context.Context, service string, targets []Target)
 		if err := validHostPort("target", t.Address); err != nil {
 			return err
 		}
-		if t.Weight < 0 || t.Weight > 65535 {
-			return fmt.Errorf("target %s: weight %d is not within 0-65535: %w", t.Address, t.Weight, ErrInvalid)
+		if t.Weight == 0 {
+			targets[i].Weight = 1
+		} else if t.Weight < 0 || t.Weight > 65535 {
+			return fmt.Errorf("target %s: weight %d is not within 1-65535: %w", t.Address, t.Weight, ErrInvalid)
 		}
 		if t.Forward == "" {
 			targets[i].Forward = "nat"
@@ -575,14 +577,14 @@ func (f *Fake) AddTargets(ctx context.Context, service string, targets []Target)
 			return fmt.Errorf("target %s: forwarding method %q: %w", t.Address, t.Forward, ErrInvalid)
 		}
 	}
-	for _, t := range targets {
-		// Adding a known target updates it, so `lb add` can change a weight.
-		if i := slices.IndexFunc(s.Targets, func(o Target) bool { return o.Address == t.Address }); i >= 0 {
-			s.Targets[i] = t
-			continue
+	// All or nothing, like the real controller: a known target is refused.
+	for i, t := range targets {
+		dup := slices.ContainsFunc(targets[:i], func(o Target) bool { return o.Address == t.Address })
+		if dup || slices.ContainsFunc(s.Targets, func(o Target) bool { return o.Address == t.Address }) {
+			return Errorf(ErrExists, "target %s is already in service %s", t.Address, s.Name)
 		}
-		s.Targets = append(s.Targets, t)
 	}
+	s.Targets = append(s.Targets, targets...)
 	return nil
 }
 

@@ -260,8 +260,8 @@ func TestFakeServices(t *testing.T) {
 	if targets[0].Forward != "" {
 		t.Errorf("AddTargets changed the caller's slice")
 	}
-	if err := f.AddTargets(ctx, "demo", []Target{{Address: "10.0.0.1:80", Weight: 7}}); err != nil {
-		t.Fatal(err)
+	if err := f.AddTargets(ctx, "demo", []Target{{Address: "10.0.0.1:80", Weight: 7}}); !errors.Is(err, ErrExists) {
+		t.Fatalf("duplicate target: %v", err)
 	}
 	for _, bad := range [][]Target{nil, {{Address: "x", Weight: 1}}, {{Address: "10.0.0.3:80", Weight: -1}}, {{Address: "10.0.0.3:80", Forward: "magic"}}} {
 		if err := f.AddTargets(ctx, "demo", bad); !errors.Is(err, ErrInvalid) {
@@ -280,7 +280,7 @@ func TestFakeServices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantT := []Target{{Address: "10.0.0.1:80", Weight: 7, Forward: "nat"}, {Address: "10.0.0.2:80", Weight: 2, Forward: "dr"}}
+	wantT := []Target{{Address: "10.0.0.1:80", Weight: 1, Forward: "nat"}, {Address: "10.0.0.2:80", Weight: 2, Forward: "dr"}}
 	if !reflect.DeepEqual(st.Service.Targets, wantT) || st.Stats.Connections != 3 || len(st.Targets) != 1 || st.Targets["10.0.0.1:80"].Bytes != 10 {
 		t.Errorf("show: %+v", st)
 	}

@@ -557,3 +557,251 @@ func TestReliabilityRestoreGCUnmountedPins(t *testing.T) {
 		t.Errorf("restore after gc printed:\n%s", out)
 	}
 }
+
+// gc running while containers connect must not take anything from them:
+// nothing is stale, so it has nothing to do. The network speaks CNI 1.1, so
+// gc also asks libcni and the plugins to GC, with the attachments it knows.
+func TestReliabilityGCDuringConcurrentConnects(t *testing.T) {
+	c := newCLI(t)
+	const n = 20
+	conf := filepath.Join(t.TempDir(), "busy.conflist")
+	body := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "busy", "plugins": [{"type": "bridge", "bridge": %q,
+  "isGateway": true, "ipMasq": true, "ipam": {"type": "host-local", "subnet": "10.220.49.0/24", "dataDir": %q}}]}`, c.bridge, c.ipam)
+	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.must("network", "create", conf)
+	sl := make([]*testutil.Sleeper, n)
+	for i := range sl {
+		sl[i] = testutil.NewSleeper(t)
+	}
+
+	stop := make(chan struct{})
+	gcDone := make(chan []string)
+	go func() {
+		var outs []string
+		for {
+			select {
+			case <-stop:
+				gcDone <- outs
+				return
+			default:
+			}
+			out, stderr, err := c.run("", "gc")
+			if err != nil {
+				out += fmt.Sprintf("(failed: %v: %s)", err, stderr)
+			}
+			outs = append(outs, out)
+		}
+	}()
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Spread the connects over the gc runs.
+			time.Sleep(time.Duration(i*25) * time.Millisecond)
+			if _, stderr, err := c.run("", "network", "connect", strconv.Itoa(sl[i].PID), "busy"); err != nil {
+				errs[i] = fmt.Errorf("%v: %s", err, stderr)
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	outs := <-gcDone
+	t.Logf("%d gc runs during the connects", len(outs))
+	for _, out := range outs {
+		if out != "gc: nothing to do\n" {
+			t.Errorf("gc during the connects printed:\n%s", out)
+		}
+	}
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("connect %d (pid %d): %v", i, sl[i].PID, err)
+		}
+	}
+
+	net := relInspect(c, "busy")
+	var hostIfs []string
+	for _, s := range sl {
+		p := relPeerByPID(net, s.PID)
+		if p == nil || p.State != controller.PeerConnected || len(p.IPs) != 1 {
+			t.Errorf("pid %d: peer %+v", s.PID, p)
+			continue
+		}
+		hostIfs = append(hostIfs, p.HostIf)
+		if got := relNetnsAddrs(t, s.PID)[p.IfName]; got != relAddr(p.IPs[0]) {
+			t.Errorf("pid %d is recorded with %s but has %q on %s: gc took its interface", s.PID, p.IPs[0], got, p.IfName)
+		}
+	}
+	addrs := relPeerAddrs(net)
+	if got := relSorted(c.reservations("busy")); !slices.Equal(got, addrs) {
+		t.Errorf("host-local reservations %v\ndo not match the recorded addresses %v", got, addrs)
+	}
+	if got := relBridgePorts(c.bridge); !slices.Equal(got, relSorted(hostIfs)) {
+		t.Errorf("bridge ports %v\ndo not match the recorded host interfaces %v", got, relSorted(hostIfs))
+	}
+	if p := c.pins(); len(p) != n {
+		t.Errorf("%d pins, want %d", len(p), n)
+	}
+	if out := c.must("gc"); out != "gc: nothing to do\n" {
+		t.Errorf("gc after the connects printed:\n%s", out)
+	}
+	if got := relSorted(c.reservations("busy")); !slices.Equal(got, addrs) {
+		t.Errorf("gc after the connects changed the reservations: %v -> %v", addrs, got)
+	}
+}
+
+// A gc with much to clean up on one network reaches the next one late:
+// what it knows of that network's attachments must still be true when it
+// asks libcni and the plugins (CNI 1.1 GC) to drop every other one.
+func TestReliabilitySlowGCKeepsNewConnects(t *testing.T) {
+	c := newCLI(t)
+	const dead, fresh = 12, 5
+	c.must("network", "create", relConfNoMasq(c, "aaa-dead", "10.220.48.0/24"))
+	busyBridge := testutil.RandName("cbr")
+	t.Cleanup(func() { exec.Command("ip", "link", "del", busyBridge).Run() })
+	conf := filepath.Join(t.TempDir(), "busy.conflist")
+	body := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "busy", "plugins": [{"type": "bridge", "bridge": %q,
+  "isGateway": true, "ipam": {"type": "host-local", "subnet": "10.220.49.0/24", "dataDir": %q}}]}`, busyBridge, c.ipam)
+	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.must("network", "create", conf)
+	for range dead {
+		s := testutil.NewSleeper(t)
+		c.must("network", "connect", strconv.Itoa(s.PID), "aaa-dead")
+		s.Kill()
+	}
+	sl := make([]*testutil.Sleeper, fresh)
+	for i := range sl {
+		sl[i] = testutil.NewSleeper(t)
+	}
+
+	gc := exec.Command(c.bin, "--state", c.state, "--cni-path", c.cniDir, "gc")
+	var gcOut bytes.Buffer
+	gc.Stdout, gc.Stderr = &gcOut, &gcOut
+	t0 := time.Now()
+	if err := gc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // gc has read the records
+	errs := make([]error, fresh)
+	var wg sync.WaitGroup
+	for i := range sl {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, stderr, err := c.run("", "network", "connect", strconv.Itoa(sl[i].PID), "busy"); err != nil {
+				errs[i] = fmt.Errorf("%v: %s", err, stderr)
+			}
+		}()
+	}
+	wg.Wait()
+	connected := time.Since(t0)
+	if err := gc.Wait(); err != nil {
+		t.Errorf("gc: %v\n%s", err, gcOut.String())
+	}
+	t.Logf("connects done after %v, gc after %v:\n%s", connected.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond), gcOut.String())
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("connect %d: %v", i, err)
+		}
+	}
+	if want := fmt.Sprintf("gc: %d action(s)\n", dead); !strings.HasSuffix(gcOut.String(), want) || strings.Contains(gcOut.String(), "busy") {
+		t.Errorf("gc did not do exactly the %d disconnects on aaa-dead", dead)
+	}
+
+	net := relInspect(c, "busy")
+	for _, s := range sl {
+		p := relPeerByPID(net, s.PID)
+		if p == nil || p.State != controller.PeerConnected || len(p.IPs) != 1 {
+			t.Errorf("pid %d: peer %+v", s.PID, p)
+			continue
+		}
+		if got := relNetnsAddrs(t, s.PID)[p.IfName]; got != relAddr(p.IPs[0]) {
+			t.Errorf("pid %d is recorded with %s but has %q on %s: gc took its interface", s.PID, p.IPs[0], got, p.IfName)
+		}
+	}
+	if got, want := relSorted(c.reservations("busy")), relPeerAddrs(net); !slices.Equal(got, want) {
+		t.Errorf("host-local reservations on busy %v\ndo not match the recorded addresses %v", got, want)
+	}
+	if r := c.reservations("aaa-dead"); len(r) != 0 {
+		t.Errorf("reservations left on aaa-dead: %v", r)
+	}
+	if out := c.must("gc"); out != "gc: nothing to do\n" {
+		t.Errorf("second gc printed:\n%s", out)
+	}
+}
+
+// Several gc and restore runs at once over the same dead containers (a
+// boot script and a timer, say): each succeeds, and together they release
+// every dead peer exactly once and keep the live one.
+func TestReliabilityConcurrentGCAndRestore(t *testing.T) {
+	c := newCLI(t)
+	const dead = 10
+	c.must("network", "create", relConfNoMasq(c, "racing", "10.220.47.0/24"))
+	live := testutil.NewSleeper(t)
+	c.must("network", "connect", strconv.Itoa(live.PID), "racing")
+	for range dead {
+		s := testutil.NewSleeper(t)
+		c.must("network", "connect", strconv.Itoa(s.PID), "racing")
+		s.Kill()
+	}
+	pl := relPeerByPID(relInspect(c, "racing"), live.PID)
+
+	cmds := []string{"gc", "restore", "gc", "restore", "gc"}
+	outs := make([]string, len(cmds))
+	errs := make([]error, len(cmds))
+	var wg sync.WaitGroup
+	for i, cmd := range cmds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var stderr string
+			outs[i], stderr, errs[i] = c.run("", cmd)
+			if errs[i] != nil {
+				errs[i] = fmt.Errorf("%v: %s", errs[i], stderr)
+			}
+		}()
+	}
+	wg.Wait()
+	for i := range cmds {
+		if errs[i] != nil {
+			t.Errorf("%s: %v\n%s", cmds[i], errs[i], outs[i])
+		}
+	}
+	t.Logf("outputs:\n%s", strings.Join(outs, "---\n"))
+	released := map[string]int{}
+	for _, out := range outs {
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) > 1 && (f[0] == "disconnect" || f[0] == "disconnected") {
+				released[f[1]]++
+			}
+		}
+	}
+	if len(released) != dead {
+		t.Errorf("%d containers disconnected, want the %d dead ones", len(released), dead)
+	}
+	for id, k := range released {
+		if k != 1 {
+			t.Errorf("%s was disconnected %d times", id, k)
+		}
+	}
+	if got := c.reservations("racing"); !slices.Equal(got, []string{relAddr(pl.IPs[0])}) {
+		t.Errorf("reservations = %v, want only the live %s", got, pl.IPs[0])
+	}
+	if got := c.pins(); !slices.Equal(got, []string{pl.Netns}) {
+		t.Errorf("pins = %v, want only %s", got, pl.Netns)
+	}
+	if n := relInspect(c, "racing"); len(n.Peers) != 1 || n.Peers[0].ContainerID != pl.ContainerID || n.Peers[0].State != controller.PeerConnected {
+		t.Errorf("peers: %+v", n.Peers)
+	}
+	if got := relBridgePorts(c.bridge); !slices.Equal(got, []string{pl.HostIf}) {
+		t.Errorf("bridge ports = %v, want only %s", got, pl.HostIf)
+	}
+	if out := c.must("gc"); out != "gc: nothing to do\n" {
+		t.Errorf("gc afterwards printed:\n%s", out)
+	}
+}

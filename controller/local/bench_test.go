@@ -6,7 +6,6 @@ import (
 	"io"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
@@ -57,7 +56,7 @@ func benchConnectDisconnect(b *testing.B, ipMasq bool) {
 	if _, err := c.CreateNetwork(ctx, conf, false); err != nil {
 		b.Fatal(err)
 	}
-	pid := fmt.Sprint(lockedSleeper(b).PID)
+	pid := fmt.Sprint(testutil.NewSleeper(b).PID)
 
 	var conn, disc time.Duration
 	b.ResetTimer()
@@ -77,34 +76,4 @@ func benchConnectDisconnect(b *testing.B, ipMasq bool) {
 	b.ReportMetric(ms(conn+disc), "ms/op")
 	b.ReportMetric(ms(conn), "connect-ms/op")
 	b.ReportMetric(ms(disc), "disconnect-ms/op")
-}
-
-// lockedSleeper is testutil.NewSleeper started from an OS thread that stays
-// locked until the benchmark ends. The sleeper has Pdeathsig set, which
-// fires when the thread that forked it exits, and the controller ends OS
-// threads on purpose (pkg/qos keeps the thread it switched namespace on
-// locked, so it exits with its goroutine). Forked from an ordinary thread,
-// the sleeper is killed as soon as the scheduler hands that thread to such
-// a goroutine, typically after a few iterations.
-func lockedSleeper(b *testing.B) *testutil.Sleeper {
-	b.Helper()
-	ch := make(chan *testutil.Sleeper, 1)
-	release := make(chan struct{})
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		defer close(ch)
-		ch <- testutil.NewSleeper(b) // its Fatalf ends this goroutine: ch closes empty
-		<-release
-	}()
-	s := <-ch
-	if s == nil {
-		close(release)
-		b.FailNow()
-	}
-	b.Cleanup(func() {
-		s.Kill()
-		close(release)
-	})
-	return s
 }

@@ -65,7 +65,7 @@ func (c *Controller) connect(ctx context.Context, req controller.ConnectRequest)
 		}
 		for _, q := range peers {
 			if q.ContainerID == p.ContainerID {
-				return fmt.Errorf("%w: container %s is already connected to network %s (as %s)", controller.ErrExists, req.Container, n.Name, q.IfName)
+				return controller.Errorf(controller.ErrExists, "container %s is already connected to network %s (as %s)", req.Container, n.Name, q.IfName)
 			}
 		}
 		return tx.PutPeer(p)
@@ -134,10 +134,10 @@ func (c *Controller) resolve(req controller.ConnectRequest) (*runc.Container, er
 		}
 		var pid int
 		if _, err := fmt.Sscanf(req.Container, "%d", &pid); err != nil || pid <= 0 {
-			return nil, fmt.Errorf("%w: container %s has no pid", controller.ErrInvalid, req.ContainerID)
+			return nil, controller.Errorf(controller.ErrInvalid, "container %s has no pid", req.ContainerID)
 		}
 		if _, err := runc.StartTime(pid); err != nil {
-			return nil, fmt.Errorf("%w: no process with pid %d", controller.ErrNotFound, pid)
+			return nil, controller.Errorf(controller.ErrNotFound, "no process with pid %d", pid)
 		}
 		return &runc.Container{ID: req.ContainerID, PID: pid}, nil
 	}
@@ -146,11 +146,11 @@ func (c *Controller) resolve(req controller.ConnectRequest) (*runc.Container, er
 
 func validIfName(name string) error {
 	if len(name) == 0 || len(name) > 15 || name == "." || name == ".." {
-		return fmt.Errorf("%w: interface name %q must be 1 to 15 characters", controller.ErrInvalid, name)
+		return controller.Errorf(controller.ErrInvalid, "interface name %q must be 1 to 15 characters", name)
 	}
 	for _, r := range name {
 		if r == '/' || r == ':' || r <= ' ' || r > '~' {
-			return fmt.Errorf("%w: interface name %q has a character the kernel refuses", controller.ErrInvalid, name)
+			return controller.Errorf(controller.ErrInvalid, "interface name %q has a character the kernel refuses", name)
 		}
 	}
 	return nil
@@ -188,9 +188,9 @@ func (c *Controller) disconnect(ctx context.Context, req controller.DisconnectRe
 	}
 	switch {
 	case len(match) == 0:
-		return fmt.Errorf("%w: container %s is not connected to network %s", controller.ErrNotFound, req.Container, req.Network)
+		return controller.Errorf(controller.ErrNotFound, "container %s is not connected to network %s", req.Container, req.Network)
 	case len(match) > 1:
-		return fmt.Errorf("%w: container %s has %d interfaces on network %s; choose one with --ifname", controller.ErrInvalid, req.Container, len(match), req.Network)
+		return controller.Errorf(controller.ErrInvalid, "container %s has %d interfaces on network %s; choose one with --ifname", req.Container, len(match), req.Network)
 	}
 	return c.detach(ctx, n, &match[0])
 }

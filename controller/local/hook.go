@@ -84,7 +84,7 @@ func (c *Controller) hookNetworks(ctx context.Context, req controller.HookReques
 		return req.Networks, nil
 	}
 	if req.CNIConf == "" {
-		return nil, fmt.Errorf("%w: no network: set CNI_CONF or CIRCUIT_NETWORK in the hook's env, or the circuit.network annotation", controller.ErrInvalid)
+		return nil, controller.Errorf(controller.ErrInvalid, "no network: set CNI_CONF or CIRCUIT_NETWORK in the hook's env, or the circuit.network annotation")
 	}
 	n, err := c.ensureNetworkFromFile(ctx, req.CNIConf)
 	if err != nil {
@@ -118,7 +118,7 @@ func (c *Controller) ensureNetworkFromFile(ctx context.Context, path string) (st
 			return err
 		}
 		if !sameJSON(old.Config, raw) {
-			return fmt.Errorf("%w: network %s exists with a configuration different from CNI_CONF %s", controller.ErrExists, cfg.Name, path)
+			return controller.Errorf(controller.ErrExists, "network %s exists with a configuration different from CNI_CONF %s", cfg.Name, path)
 		}
 		return nil
 	})

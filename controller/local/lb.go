@@ -26,7 +26,7 @@ func (c *Controller) backendFor(name string) (lb.Backend, error) {
 	}
 	if err := b.Available(); err != nil {
 		b.Close()
-		return nil, fmt.Errorf("backend %s: %w", name, err)
+		return nil, err
 	}
 	return b, nil
 }
@@ -34,7 +34,7 @@ func (c *Controller) backendFor(name string) (lb.Backend, error) {
 // normalize checks a service request and fills in defaults.
 func normalizeService(svc *controller.Service) error {
 	if err := cni.ValidateName(svc.Name); err != nil {
-		return fmt.Errorf("%w: service name %q: use 1 to 63 letters, digits, '_', '.' or '-'", controller.ErrInvalid, svc.Name)
+		return controller.Errorf(controller.ErrInvalid, "service name %q: use 1 to 63 letters, digits, '_', '.' or '-'", svc.Name)
 	}
 	ap, err := lb.ParseAddrPort(svc.Address)
 	if err != nil {
@@ -46,7 +46,7 @@ func normalizeService(svc *controller.Service) error {
 	}
 	svc.Protocol = strings.ToLower(svc.Protocol)
 	if !slices.Contains([]string{"tcp", "udp", "sctp"}, svc.Protocol) {
-		return fmt.Errorf("%w: protocol %q: use tcp, udp or sctp", controller.ErrInvalid, svc.Protocol)
+		return controller.Errorf(controller.ErrInvalid, "protocol %q: use tcp, udp or sctp", svc.Protocol)
 	}
 	if svc.Scheduler == "" {
 		svc.Scheduler = "rr"
@@ -55,7 +55,7 @@ func normalizeService(svc *controller.Service) error {
 		return err
 	}
 	if svc.Persistence < 0 {
-		return fmt.Errorf("%w: persistence must not be negative", controller.ErrInvalid)
+		return controller.Errorf(controller.ErrInvalid, "persistence must not be negative")
 	}
 	return nil
 }
@@ -75,13 +75,13 @@ func normalizeTarget(t *controller.Target) error {
 		t.Weight = 1
 	}
 	if t.Weight < 0 || t.Weight > 65535 {
-		return fmt.Errorf("%w: weight %d: use 1 to 65535", controller.ErrInvalid, t.Weight)
+		return controller.Errorf(controller.ErrInvalid, "weight %d: use 1 to 65535", t.Weight)
 	}
 	if t.Forward == "" {
 		t.Forward = "nat"
 	}
 	if !slices.Contains([]string{"nat", "dr", "tunnel"}, t.Forward) {
-		return fmt.Errorf("%w: forwarding method %q: use nat, dr or tunnel", controller.ErrInvalid, t.Forward)
+		return controller.Errorf(controller.ErrInvalid, "forwarding method %q: use nat, dr or tunnel", t.Forward)
 	}
 	return nil
 }
@@ -110,7 +110,7 @@ func (c *Controller) CreateService(ctx context.Context, svc controller.Service) 
 	}
 	err = c.store.Update(ctx, func(tx ds.Tx) error {
 		if _, err := tx.GetService(svc.Name); err == nil {
-			return fmt.Errorf("%w: service %s", controller.ErrExists, svc.Name)
+			return controller.Errorf(controller.ErrExists, "service %s already exists", svc.Name)
 		}
 		all, err := tx.ListServices()
 		if err != nil {
@@ -118,7 +118,7 @@ func (c *Controller) CreateService(ctx context.Context, svc controller.Service) 
 		}
 		for _, o := range all {
 			if o.Address == svc.Address && o.Protocol == svc.Protocol {
-				return fmt.Errorf("%w: service %s already balances %s/%s", controller.ErrExists, o.Name, svc.Address, svc.Protocol)
+				return controller.Errorf(controller.ErrExists, "service %s already balances %s/%s", o.Name, svc.Address, svc.Protocol)
 			}
 		}
 		return tx.PutService(&svc)
@@ -184,7 +184,7 @@ func (c *Controller) changeTargets(ctx context.Context, name string, edit func(s
 			return err
 		}
 		if !slices.Equal(cur.Targets, old.Targets) {
-			return fmt.Errorf("%w: service %s changed meanwhile; try again", controller.ErrBusy, name)
+			return controller.Errorf(controller.ErrBusy, "service %s changed meanwhile; try again", name)
 		}
 		return tx.PutService(&next)
 	})
@@ -215,7 +215,7 @@ func (c *Controller) changeTargets(ctx context.Context, name string, edit func(s
 func (c *Controller) AddTargets(ctx context.Context, service string, targets []controller.Target) error {
 	err := c.changeTargets(ctx, service, func(svc *controller.Service) ([]controller.Target, error) {
 		if len(targets) == 0 {
-			return nil, fmt.Errorf("%w: no target given", controller.ErrInvalid)
+			return nil, controller.Errorf(controller.ErrInvalid, "no target given")
 		}
 		var added []controller.Target
 		for _, t := range targets {
@@ -223,10 +223,10 @@ func (c *Controller) AddTargets(ctx context.Context, service string, targets []c
 				return nil, err
 			}
 			if slices.ContainsFunc(svc.Targets, func(o controller.Target) bool { return o.Address == t.Address }) {
-				return nil, fmt.Errorf("%w: target %s is already in service %s", controller.ErrExists, t.Address, svc.Name)
+				return nil, controller.Errorf(controller.ErrExists, "target %s is already in service %s", t.Address, svc.Name)
 			}
 			if is4(t.Address) != is4(svc.Address) {
-				return nil, fmt.Errorf("%w: target %s and service address %s are of different IP families", controller.ErrInvalid, t.Address, svc.Address)
+				return nil, controller.Errorf(controller.ErrInvalid, "target %s and service address %s are of different IP families", t.Address, svc.Address)
 			}
 			svc.Targets = append(svc.Targets, t)
 			added = append(added, t)
@@ -243,7 +243,7 @@ func (c *Controller) AddTargets(ctx context.Context, service string, targets []c
 func (c *Controller) RemoveTargets(ctx context.Context, service string, targets []string) error {
 	err := c.changeTargets(ctx, service, func(svc *controller.Service) ([]controller.Target, error) {
 		if len(targets) == 0 {
-			return nil, fmt.Errorf("%w: no target given", controller.ErrInvalid)
+			return nil, controller.Errorf(controller.ErrInvalid, "no target given")
 		}
 		var removed []controller.Target
 		for _, addr := range targets {
@@ -253,7 +253,7 @@ func (c *Controller) RemoveTargets(ctx context.Context, service string, targets 
 			}
 			i := slices.IndexFunc(svc.Targets, func(o controller.Target) bool { return o.Address == ap.String() })
 			if i < 0 {
-				return nil, fmt.Errorf("%w: target %s is not in service %s", controller.ErrNotFound, addr, svc.Name)
+				return nil, controller.Errorf(controller.ErrNotFound, "target %s is not in service %s", addr, svc.Name)
 			}
 			removed = append(removed, svc.Targets[i])
 			svc.Targets = slices.Delete(svc.Targets, i, i+1)
@@ -349,7 +349,7 @@ func (c *Controller) restoreServices(ctx context.Context) ([]string, error) {
 		if err := b.Ensure(svc); err != nil {
 			errs = append(errs, fmt.Errorf("restore service %s: %s backend: %w", svc.Name, b.Name(), err))
 		} else {
-			acts = append(acts, fmt.Sprintf("restored service %s (%s, %d targets) with %s", svc.Name, svc.Address, len(svc.Targets), b.Name()))
+			acts = append(acts, fmt.Sprintf("restored service %s (%s, %s) with %s", svc.Name, svc.Address, plural(len(svc.Targets), "target"), b.Name()))
 		}
 		b.Close()
 	}
@@ -367,4 +367,11 @@ func sameTargets(kernel map[string]controller.Counters, want []controller.Target
 		}
 	}
 	return true
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }

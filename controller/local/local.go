@@ -5,7 +5,6 @@ package local
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"os"
 	"path/filepath"
 	"time"
@@ -46,7 +45,7 @@ var _ controller.Controller = (*Controller)(nil)
 // it refuses to start without root.
 func New(cfg Config) (*Controller, error) {
 	if os.Geteuid() != 0 {
-		return nil, fmt.Errorf("%w: circuit must run as root (it needs CAP_NET_ADMIN and CAP_SYS_ADMIN to change network namespaces)", controller.ErrPermission)
+		return nil, controller.Errorf(controller.ErrPermission, "circuit must run as root (it needs CAP_NET_ADMIN and CAP_SYS_ADMIN to change network namespaces)")
 	}
 	if cfg.StateDir == "" {
 		cfg.StateDir = DefaultStateDir

@@ -26,22 +26,22 @@ func validPolicy(p controller.QoSPolicy) error {
 	switch p.Direction {
 	case "", controller.DirEgress, controller.DirIngress, controller.DirBoth:
 	default:
-		return fmt.Errorf("%w: direction %q: use egress, ingress or both", controller.ErrInvalid, p.Direction)
+		return controller.Errorf(controller.ErrInvalid, "direction %q: use egress, ingress or both", p.Direction)
 	}
 	if p.IsZero() {
-		return fmt.Errorf("%w: give at least one of rate, ceiling, delay, jitter or loss", controller.ErrInvalid)
+		return controller.Errorf(controller.ErrInvalid, "give at least one of rate, ceiling, delay, jitter or loss")
 	}
 	if p.Ceiling > 0 && p.Rate == 0 {
-		return fmt.Errorf("%w: a ceiling needs a rate", controller.ErrInvalid)
+		return controller.Errorf(controller.ErrInvalid, "a ceiling needs a rate")
 	}
 	if p.Ceiling > 0 && p.Ceiling < p.Rate {
-		return fmt.Errorf("%w: ceiling %s is below rate %s", controller.ErrInvalid, qos.FormatRate(p.Ceiling), qos.FormatRate(p.Rate))
+		return controller.Errorf(controller.ErrInvalid, "ceiling %s is below rate %s", qos.FormatRate(p.Ceiling), qos.FormatRate(p.Rate))
 	}
 	if p.Loss < 0 || p.Loss > 100 {
-		return fmt.Errorf("%w: loss %.2f%% is not between 0 and 100", controller.ErrInvalid, p.Loss)
+		return controller.Errorf(controller.ErrInvalid, "loss %.2f%% is not between 0 and 100", p.Loss)
 	}
 	if p.Jitter > 0 && p.Delay == 0 {
-		return fmt.Errorf("%w: jitter needs a delay", controller.ErrInvalid)
+		return controller.Errorf(controller.ErrInvalid, "jitter needs a delay")
 	}
 	return nil
 }
@@ -147,7 +147,7 @@ func (c *Controller) setQoS(ctx context.Context, network, container string, upd 
 		}
 	}
 	if !found {
-		return fmt.Errorf("%w: container %s is not connected to network %s", controller.ErrNotFound, container, network)
+		return controller.Errorf(controller.ErrNotFound, "container %s is not connected to network %s", container, network)
 	}
 	if container == "" {
 		next.QoS = pol

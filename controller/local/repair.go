@@ -29,40 +29,52 @@ func alive(p *controller.Peer) bool {
 }
 
 // stale reports why gc or restore should remove a peer, or "" to keep it.
-// A "connecting" record is a connect in progress while it is young and a
-// circuit process that may own it, or a CNI plugin working on it, runs;
-// a connect killed part-way leaves one that nothing will finish.
-func (c *Controller) stale(ctx context.Context, p *controller.Peer, now time.Time, procs *procScan) string {
+// A "connecting" or "disconnecting" record is work in progress while a
+// circuit process that may be doing it, or a CNI plugin working on it,
+// runs (and a connect, for connectGrace at most); a circuit killed
+// part-way leaves one that nothing will finish. The caller claims a stale
+// peer before removing it (see claim).
+func (c *Controller) stale(p *controller.Peer, now time.Time, procs *procScan) string {
 	switch {
-	case p.State == controller.PeerDisconnecting:
-		return "an interrupted disconnect"
 	case p.State == controller.PeerConnecting && now.Sub(p.ConnectedAt) > connectGrace:
 		return "an interrupted connect"
-	case p.State == controller.PeerConnecting:
-		if procs.mayConnect(c.cfg.StateDir, p) || !c.stillConnecting(ctx, p) {
-			return "" // a connect in progress, or one that ended meanwhile
-		}
+	case p.State == controller.PeerConnecting && !procs.mayRun(c.cfg.StateDir, p):
 		return "an interrupted connect"
+	case p.State == controller.PeerDisconnecting && !procs.mayRun(c.cfg.StateDir, p):
+		return "an interrupted disconnect"
+	case p.State == controller.PeerConnecting, p.State == controller.PeerDisconnecting:
+		return "" // in progress
 	case !alive(p):
 		return "its container is gone"
 	}
 	return ""
 }
 
-// stillConnecting re-reads a "connecting" record after the process scan:
-// a connect that finished (or rolled back) between the caller's read and
-// the scan changed or removed it, and a later connect of the same
-// attachment has another ConnectedAt.
-func (c *Controller) stillConnecting(ctx context.Context, p *controller.Peer) bool {
-	same := false
-	c.store.View(ctx, func(tx ds.Tx) error {
+// claim marks a peer "disconnecting" if its record is still the one the
+// caller read, and reports whether it did. A connect that finished (or
+// rolled back) since, or another gc, restore or disconnect that took the
+// peer first, changed the record; a later connect of the same attachment
+// has another ConnectedAt. The record is read before the process scan, so
+// an unchanged "connecting" record here was written by a process that the
+// scan found gone.
+func (c *Controller) claim(ctx context.Context, p *controller.Peer) (bool, error) {
+	ok := false
+	err := c.store.Update(ctx, func(tx ds.Tx) error {
 		q, err := tx.GetPeer(p.Network, p.ContainerID, p.IfName)
-		if err == nil {
-			same = q.State == controller.PeerConnecting && q.ConnectedAt.Equal(p.ConnectedAt)
+		if errors.Is(err, controller.ErrNotFound) {
+			return nil
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		if q.State != p.State || !q.ConnectedAt.Equal(p.ConnectedAt) {
+			return nil
+		}
+		q.State = controller.PeerDisconnecting
+		ok = true
+		return tx.PutPeer(q)
 	})
-	return same
+	return ok && err == nil, err
 }
 
 // procScan is what /proc says about processes that may be connecting a
@@ -124,8 +136,9 @@ func (s *procScan) scan() {
 	}
 }
 
-// mayConnect reports whether a process that may be making p runs.
-func (s *procScan) mayConnect(stateDir string, p *controller.Peer) bool {
+// mayRun reports whether a process that may be connecting or
+// disconnecting p runs.
+func (s *procScan) mayRun(stateDir string, p *controller.Peer) bool {
 	if !s.done {
 		s.scan()
 	}
@@ -241,60 +254,90 @@ func (c *Controller) GC(ctx context.Context, dryRun bool) (*controller.Report, e
 			continue
 		}
 		known := map[string]bool{}
-		var live []cni.Attachment
 		for pi := range n.Peers {
 			p := &n.Peers[pi]
 			known[p.ContainerID+"/"+p.IfName] = true // kept, or cleaned by detach below
-			why := c.stale(ctx, p, now, procs)
+			why := c.stale(p, now, procs)
 			if why == "" {
 				pinsKept[filepath.Base(p.Netns)] = true
-				live = append(live, cni.Attachment{ContainerID: p.ContainerID, IfName: p.IfName})
 				continue
 			}
-			if len(p.IPs) == 0 {
-				say("disconnect %s from %s (%s)", p.ContainerID, n.Name, why)
-			} else {
-				say("disconnect %s from %s (%s): %s", p.ContainerID, n.Name, why, strings.Join(p.IPs, ", "))
+			line := fmt.Sprintf("disconnect %s from %s (%s)", p.ContainerID, n.Name, why)
+			if len(p.IPs) > 0 {
+				line += ": " + strings.Join(p.IPs, ", ")
 			}
-			if !dryRun {
-				if err := c.detach(ctx, n, p); err != nil {
+			if dryRun {
+				say("%s", line)
+				continue
+			}
+			if claimed, err := c.claim(ctx, p); err != nil || !claimed {
+				if err != nil {
 					errs = append(errs, fmt.Errorf("gc %s on %s: %w", p.ContainerID, n.Name, err))
 				}
+				continue // changed since it was read: not ours to remove
+			}
+			say("%s", line)
+			if err := c.detach(ctx, n, p); err != nil {
+				errs = append(errs, fmt.Errorf("gc %s on %s: %w", p.ContainerID, n.Name, err))
 			}
 		}
+		// What no record explains is removed under the datastore's write
+		// lock, after checking the records again: a connect records its
+		// intent before its ADD, so nothing a connect is making can slip
+		// between that check and the removal.
 		for _, a := range cached[n.Name] {
-			if known[a.ContainerID+"/"+a.IfName] {
+			key := a.ContainerID + "/" + a.IfName
+			if known[key] {
 				continue
 			}
-			say("delete unrecorded CNI attachment %s/%s on %s", a.ContainerID, a.IfName, n.Name)
-			known[a.ContainerID+"/"+a.IfName] = true // its reservation goes with it
-			if !dryRun {
+			known[key] = true // its reservation goes with it
+			if dryRun {
+				say("delete unrecorded CNI attachment %s/%s on %s", a.ContainerID, a.IfName, n.Name)
+				continue
+			}
+			err := c.unrecorded(ctx, n.Name, a.ContainerID, a.IfName, func() error {
+				say("delete unrecorded CNI attachment %s/%s on %s", a.ContainerID, a.IfName, n.Name)
 				if !netns.IsNetns(a.Netns) {
 					a.Netns = ""
 				}
 				if err := c.cni.Del(ctx, cfg, a); err != nil {
 					if err := c.cni.DelEach(ctx, cfg, a); err != nil {
-						errs = append(errs, fmt.Errorf("gc: DEL %s on %s: %w", a.ContainerID, n.Name, err))
+						return fmt.Errorf("gc: DEL %s on %s: %w", a.ContainerID, n.Name, err)
 					}
 				}
+				return nil
+			})
+			if err != nil {
+				errs = append(errs, err)
 			}
 		}
 		for _, r := range reserved[n.Name] {
 			if known[r.containerID+"/"+r.ifname] || (r.ifname == "" && knownID(known, r.containerID)) {
 				continue
 			}
-			if _, err := os.Stat(r.path); err != nil {
-				continue // released by a DEL above
+			if !r.held() {
+				continue // released by a DEL above, or by its owner meanwhile
 			}
-			say("release %s on %s (reserved for %s, which circuit does not know)", filepath.Base(r.path), n.Name, r.containerID)
-			if !dryRun {
-				if err := os.Remove(r.path); err != nil && !errors.Is(err, os.ErrNotExist) {
-					errs = append(errs, err)
+			if dryRun {
+				say("release %s on %s (reserved for %s, which circuit does not know)", filepath.Base(r.path), n.Name, r.containerID)
+				continue
+			}
+			err := c.unrecorded(ctx, n.Name, r.containerID, r.ifname, func() error {
+				if !r.held() {
+					return nil // the address went to another container meanwhile
 				}
+				say("release %s on %s (reserved for %s, which circuit does not know)", filepath.Base(r.path), n.Name, r.containerID)
+				if err := os.Remove(r.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+					return err
+				}
+				return nil
+			})
+			if err != nil {
+				errs = append(errs, err)
 			}
 		}
 		if n.CNIVersion == "1.1.0" && !dryRun {
-			if err := c.cni.GC(ctx, cfg, live); err != nil {
+			if err := c.pluginGC(ctx, n.Name, cfg); err != nil {
 				errs = append(errs, fmt.Errorf("gc: CNI GC of %s: %w", n.Name, err))
 			}
 		}
@@ -313,6 +356,48 @@ func (c *Controller) GC(ctx context.Context, dryRun bool) (*controller.Report, e
 		}
 	}
 	return rep, errors.Join(errs...)
+}
+
+// unrecorded runs remove while holding the datastore's write lock, unless
+// the network now has a record for the attachment (ifname "" matches any
+// of the container's).
+func (c *Controller) unrecorded(ctx context.Context, network, containerID, ifname string, remove func() error) error {
+	var rerr error
+	err := c.store.Update(ctx, func(tx ds.Tx) error {
+		peers, err := tx.ListPeers(network)
+		if err != nil {
+			return err
+		}
+		for _, p := range peers {
+			if p.ContainerID == containerID && (ifname == "" || p.IfName == ifname) {
+				return nil
+			}
+		}
+		rerr = remove()
+		return nil
+	})
+	return errors.Join(err, rerr)
+}
+
+// pluginGC asks libcni and the plugins (CNI 1.1 GC) to drop every
+// attachment of a network but those recorded, in any state. It holds the
+// datastore's write lock throughout, so no connect can record an
+// attachment the list misses and then have it torn down.
+func (c *Controller) pluginGC(ctx context.Context, network string, cfg *cni.Config) error {
+	var gcErr error
+	err := c.store.Update(ctx, func(tx ds.Tx) error {
+		peers, err := tx.ListPeers(network)
+		if err != nil {
+			return err
+		}
+		valid := make([]cni.Attachment, 0, len(peers))
+		for _, p := range peers {
+			valid = append(valid, cni.Attachment{ContainerID: p.ContainerID, IfName: p.IfName})
+		}
+		gcErr = c.cni.GC(ctx, cfg, valid)
+		return nil
+	})
+	return errors.Join(err, gcErr)
 }
 
 func knownID(known map[string]bool, id string) bool {
@@ -348,6 +433,26 @@ type reservation struct {
 	path, containerID, ifname string
 }
 
+// held reports whether the reservation file still exists and still names
+// the container (and interface) it named when gc listed it.
+func (r reservation) held() bool {
+	b, err := os.ReadFile(r.path)
+	if err != nil {
+		return false
+	}
+	id, ifname := parseReservation(b)
+	return id == r.containerID && ifname == r.ifname
+}
+
+func parseReservation(b []byte) (containerID, ifname string) {
+	f := strings.Split(strings.TrimSpace(string(b)), "\n")
+	containerID = strings.TrimSpace(f[0])
+	if len(f) > 1 {
+		ifname = strings.TrimSpace(f[1])
+	}
+	return containerID, ifname
+}
+
 // hostLocalReservations lists host-local's reservation files of a network:
 // <dataDir>/<network>/<ip> holding "<containerID>\r\n<ifname>".
 func hostLocalReservations(n *controller.Network) []reservation {
@@ -369,11 +474,8 @@ func hostLocalReservations(n *controller.Network) []reservation {
 		if err != nil {
 			continue
 		}
-		f := strings.Split(strings.TrimSpace(string(b)), "\n")
-		r := reservation{path: path, containerID: strings.TrimSpace(f[0])}
-		if len(f) > 1 {
-			r.ifname = strings.TrimSpace(f[1])
-		}
+		r := reservation{path: path}
+		r.containerID, r.ifname = parseReservation(b)
 		out = append(out, r)
 	}
 	return out

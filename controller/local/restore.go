@@ -28,7 +28,13 @@ func (c *Controller) Restore(ctx context.Context) (*controller.Report, error) {
 		n := &nets[ni]
 		for pi := range n.Peers {
 			p := &n.Peers[pi]
-			if why := c.stale(ctx, p, now, procs); why != "" {
+			if why := c.stale(p, now, procs); why != "" {
+				if claimed, err := c.claim(ctx, p); err != nil || !claimed {
+					if err != nil {
+						errs = append(errs, fmt.Errorf("restore: disconnect %s from %s: %w", p.ContainerID, n.Name, err))
+					}
+					continue // changed since it was read: not ours to remove
+				}
 				if err := c.detach(ctx, n, p); err != nil {
 					errs = append(errs, fmt.Errorf("restore: disconnect %s from %s: %w", p.ContainerID, n.Name, err))
 					continue

@@ -41,7 +41,7 @@ type Config struct {
 // ValidateName checks a network name.
 func ValidateName(name string) error {
 	if !nameRE.MatchString(name) || name == "." || name == ".." {
-		return fmt.Errorf("%w: network name %q: use 1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit", controller.ErrInvalid, name)
+		return controller.Errorf(controller.ErrInvalid, "network name %q: use 1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit", name)
 	}
 	return nil
 }
@@ -49,15 +49,15 @@ func ValidateName(name string) error {
 // Parse validates raw CNI configuration bytes (.conf or .conflist).
 func Parse(raw []byte) (*Config, error) {
 	if len(raw) > MaxConfigSize {
-		return nil, fmt.Errorf("%w: configuration is larger than 1 MiB", controller.ErrInvalid)
+		return nil, controller.Errorf(controller.ErrInvalid, "configuration is larger than 1 MiB")
 	}
 	var top map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	if err := dec.Decode(&top); err != nil {
-		return nil, fmt.Errorf("%w: configuration is not a JSON object: %v", controller.ErrInvalid, err)
+		return nil, controller.Errorf(controller.ErrInvalid, "configuration is not a JSON object: %v", err)
 	}
 	if dec.More() {
-		return nil, fmt.Errorf("%w: configuration has data after its JSON object", controller.ErrInvalid)
+		return nil, controller.Errorf(controller.ErrInvalid, "configuration has data after its JSON object")
 	}
 	var head struct {
 		Name       *string          `json:"name"`
@@ -66,19 +66,19 @@ func Parse(raw []byte) (*Config, error) {
 		Plugins    []map[string]any `json:"plugins"`
 	}
 	if err := json.Unmarshal(raw, &head); err != nil {
-		return nil, fmt.Errorf("%w: configuration: %v", controller.ErrInvalid, err)
+		return nil, controller.Errorf(controller.ErrInvalid, "configuration: %v", err)
 	}
 	if head.Name == nil || *head.Name == "" {
-		return nil, fmt.Errorf("%w: configuration has no \"name\"", controller.ErrInvalid)
+		return nil, controller.Errorf(controller.ErrInvalid, "configuration has no \"name\"")
 	}
 	if err := ValidateName(*head.Name); err != nil {
 		return nil, err
 	}
 	if head.CNIVersion == "" {
-		return nil, fmt.Errorf("%w: network %s: configuration has no \"cniVersion\"", controller.ErrInvalid, *head.Name)
+		return nil, controller.Errorf(controller.ErrInvalid, "network %s: configuration has no \"cniVersion\"", *head.Name)
 	}
 	if !slices.Contains(SupportedVersions, head.CNIVersion) {
-		return nil, fmt.Errorf("%w: network %s: cniVersion %q is not supported (use one of 0.2.0 to 1.1.0)", controller.ErrInvalid, *head.Name, head.CNIVersion)
+		return nil, controller.Errorf(controller.ErrInvalid, "network %s: cniVersion %q is not supported (use one of 0.2.0 to 1.1.0)", *head.Name, head.CNIVersion)
 	}
 	cfg := &Config{Name: *head.Name, CNIVersion: head.CNIVersion, Raw: raw}
 	_, cfg.IsList = top["plugins"]
@@ -86,7 +86,7 @@ func Parse(raw []byte) (*Config, error) {
 	var err error
 	if cfg.IsList {
 		if len(head.Plugins) == 0 {
-			return nil, fmt.Errorf("%w: network %s: \"plugins\" is empty", controller.ErrInvalid, cfg.Name)
+			return nil, controller.Errorf(controller.ErrInvalid, "network %s: \"plugins\" is empty", cfg.Name)
 		}
 		for i, p := range head.Plugins {
 			t, _ := p["type"].(string)
@@ -98,7 +98,7 @@ func Parse(raw []byte) (*Config, error) {
 		cfg.List, err = libcni.NetworkConfFromBytes(raw)
 	} else {
 		if head.Type == nil {
-			return nil, fmt.Errorf("%w: network %s: configuration has no \"type\"", controller.ErrInvalid, cfg.Name)
+			return nil, controller.Errorf(controller.ErrInvalid, "network %s: configuration has no \"type\"", cfg.Name)
 		}
 		if err := validateType(cfg.Name, *head.Type, -1); err != nil {
 			return nil, err
@@ -110,7 +110,7 @@ func Parse(raw []byte) (*Config, error) {
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: network %s: %v", controller.ErrInvalid, cfg.Name, err)
+		return nil, controller.Errorf(controller.ErrInvalid, "network %s: %v", cfg.Name, err)
 	}
 	return cfg, nil
 }
@@ -121,10 +121,10 @@ func validateType(network, t string, index int) error {
 		where = fmt.Sprintf("plugin %d", index)
 	}
 	if t == "" {
-		return fmt.Errorf("%w: network %s: %s has no \"type\"", controller.ErrInvalid, network, where)
+		return controller.Errorf(controller.ErrInvalid, "network %s: %s has no \"type\"", network, where)
 	}
 	if !typeRE.MatchString(t) || t == "." || t == ".." {
-		return fmt.Errorf("%w: network %s: %s type %q must be a plain plugin name, not a path", controller.ErrInvalid, network, where, t)
+		return controller.Errorf(controller.ErrInvalid, "network %s: %s type %q must be a plain plugin name, not a path", network, where, t)
 	}
 	return nil
 }

@@ -77,7 +77,7 @@ func Open(name, nsPath string) (Backend, error) {
 	case AutoName:
 		return Auto(nsPath)
 	}
-	return nil, fmt.Errorf("lb: backend %q: want %s, %s or %s: %w", name, IPVS, Nftables, AutoName, controller.ErrInvalid)
+	return nil, controller.Errorf(controller.ErrInvalid, "lb: backend %q: want %s, %s or %s", name, IPVS, Nftables, AutoName)
 }
 
 // Auto returns the IPVS backend when the kernel has IPVS, else nftables.

@@ -24,7 +24,7 @@ var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_+.-]*$`)
 // ValidID checks a container ID.
 func ValidID(id string) error {
 	if len(id) > 1024 || !idRE.MatchString(id) || strings.Contains(id, "..") {
-		return fmt.Errorf("%w: container id %q: use letters, digits, '_', '+', '.' or '-'", controller.ErrInvalid, id)
+		return controller.Errorf(controller.ErrInvalid, "container id %q: use letters, digits, '_', '+', '.' or '-'", id)
 	}
 	return nil
 }
@@ -48,11 +48,11 @@ func Resolve(root, arg string) (*Container, error) {
 	}
 	if pid, err := strconv.Atoi(arg); err == nil {
 		if pid <= 0 {
-			return nil, fmt.Errorf("%w: pid %d", controller.ErrInvalid, pid)
+			return nil, controller.Errorf(controller.ErrInvalid, "pid %d is not a process id", pid)
 		}
 		start, err := StartTime(pid)
 		if err != nil {
-			return nil, fmt.Errorf("%w: no process with pid %d", controller.ErrNotFound, pid)
+			return nil, controller.Errorf(controller.ErrNotFound, "no process with pid %d", pid)
 		}
 		if st := byPID(root, pid); st != nil {
 			return &Container{ID: st.ID, PID: pid}, nil
@@ -65,15 +65,15 @@ func Resolve(root, arg string) (*Container, error) {
 	st, err := read(filepath.Join(root, arg, "state.json"))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("%w: no runc container %q under %s", controller.ErrNotFound, arg, root)
+			return nil, controller.Errorf(controller.ErrNotFound, "no runc container %q under %s", arg, root)
 		}
 		return nil, fmt.Errorf("runc container %s: %w", arg, err)
 	}
 	if st.InitPID <= 0 {
-		return nil, fmt.Errorf("%w: runc container %q is not running", controller.ErrNotFound, arg)
+		return nil, controller.Errorf(controller.ErrNotFound, "runc container %q is not running", arg)
 	}
 	if start, err := StartTime(st.InitPID); err != nil || (st.InitStart != 0 && start != st.InitStart) {
-		return nil, fmt.Errorf("%w: runc container %q is not running", controller.ErrNotFound, arg)
+		return nil, controller.Errorf(controller.ErrNotFound, "runc container %q is not running", arg)
 	}
 	return &Container{ID: st.ID, PID: st.InitPID}, nil
 }

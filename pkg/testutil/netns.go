@@ -3,7 +3,9 @@ package testutil
 import (
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -30,13 +32,42 @@ type Sleeper struct {
 	PID int
 }
 
+// The parent-death signal fires when the OS thread that forked the child
+// exits, and namespace helpers end threads on purpose. Sleepers are
+// therefore forked from one goroutine that keeps its thread for the life of
+// the test process.
+var (
+	spawnOnce sync.Once
+	spawnReqs chan spawnReq
+)
+
+type spawnReq struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func spawn(cmd *exec.Cmd) error {
+	spawnOnce.Do(func() {
+		spawnReqs = make(chan spawnReq)
+		go func() {
+			runtime.LockOSThread() // never unlocked: this thread lives as long as the process
+			for r := range spawnReqs {
+				r.done <- r.cmd.Start()
+			}
+		}()
+	})
+	done := make(chan error)
+	spawnReqs <- spawnReq{cmd, done}
+	return <-done
+}
+
 // NewSleeper starts `sleep` in a fresh network namespace (unshare -n) and
-// kills it when the test ends.
+// kills it when the test ends (or the test process dies).
 func NewSleeper(t testing.TB) *Sleeper {
 	t.Helper()
 	cmd := exec.Command(Busybox(), "sleep", "3600")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := spawn(cmd); err != nil {
 		t.Fatalf("start sleeper: %v", err)
 	}
 	s := &Sleeper{Cmd: cmd, PID: cmd.Process.Pid}

@@ -67,8 +67,9 @@ func CNIPath(t testing.TB) string {
 	return builtCNI
 }
 
-// CircuitBin returns the circuit binary: $CIRCUIT_TEST_BIN, else a fresh
-// build into bin/circuit of the repository.
+// CircuitBin returns the circuit binary: $CIRCUIT_TEST_BIN (set by the
+// Makefile), else a fresh static build in a temporary directory, so a test
+// never replaces the bin/circuit a developer built.
 func CircuitBin(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("CIRCUIT_TEST_BIN"); p != "" {
@@ -77,8 +78,16 @@ func CircuitBin(t testing.TB) string {
 	buildMu.Lock()
 	defer buildMu.Unlock()
 	if builtBin == "" {
-		out := filepath.Join(RepoRoot(), "bin", "circuit")
-		run(t, RepoRoot(), "go", "build", "-o", out, ".")
+		dir, err := os.MkdirTemp("", "circuit-test-bin")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(dir, "circuit")
+		cmd := exec.Command("go", "build", "-o", out, ".")
+		cmd.Dir, cmd.Env = RepoRoot(), append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build circuit: %v\n%s", err, b)
+		}
 		builtBin = out
 	}
 	return builtBin

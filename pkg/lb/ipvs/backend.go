@@ -82,7 +82,7 @@ func (b *Backend) available() error {
 		_, err = b.g.services()
 	}
 	if err != nil {
-		return fmt.Errorf("lb: IPVS (CONFIG_IP_VS) is not available in this kernel: %v: %w", err, controller.ErrUnsupported)
+		return controller.Errorf(controller.ErrUnsupported, "IPVS (CONFIG_IP_VS) is not available in this kernel (the kernel has no IPVS netlink family: %v)", err)
 	}
 	b.ok = true
 	return nil

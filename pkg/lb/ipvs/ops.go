@@ -169,7 +169,7 @@ func (b *Backend) Stats(svc controller.Service) (*controller.ServiceStatus, erro
 	}
 	cur, err := b.g.getService(k)
 	if notFound(err) {
-		return nil, fmt.Errorf("lb %s: ipvs: service %s is not programmed: %w", svc.Name, k.addr, controller.ErrNotFound)
+		return nil, controller.Errorf(controller.ErrNotFound, "lb %s: ipvs: service %s is not programmed", svc.Name, k.addr)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("lb %s: ipvs: stats: %w", svc.Name, err)

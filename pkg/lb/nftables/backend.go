@@ -70,7 +70,7 @@ func (b *Backend) Name() string { return Name }
 // Available reports whether the kernel speaks nf_tables.
 func (b *Backend) Available() error {
 	if _, err := b.conn.ListTablesOfFamily(nftables.TableFamilyINet); err != nil {
-		return fmt.Errorf("lb: nftables (CONFIG_NF_TABLES) is not available in this kernel: %v: %w", err, controller.ErrUnsupported)
+		return controller.Errorf(controller.ErrUnsupported, "nftables (CONFIG_NF_TABLES) is not available in this kernel: %v", err)
 	}
 	return nil
 }

@@ -44,7 +44,7 @@ func (b *Backend) stats(svc controller.Service) (*controller.ServiceStatus, erro
 		}
 	}
 	if cur == nil {
-		return nil, fmt.Errorf("service is not programmed: %w", controller.ErrNotFound)
+		return nil, controller.Errorf(controller.ErrNotFound, "service is not programmed")
 	}
 	if s, err := spec.Parse(svc); err == nil {
 		cur.fallbackRecord(s)

@@ -144,7 +144,7 @@ func TestValidate(t *testing.T) {
 	}
 	s := base
 	s.Scheduler = "lc"
-	want := "lb web: the nftables backend cannot do least-connection scheduling (lc); use rr, wrr or sh, or the ipvs backend"
+	want := "the nftables backend cannot do least-connection scheduling (lc); use rr, wrr or sh, or the ipvs backend"
 	if err := (&Backend{}).Validate(s); err == nil || !strings.HasPrefix(err.Error(), want) {
 		t.Errorf("lc: %v", err)
 	}

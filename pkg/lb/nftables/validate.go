@@ -1,8 +1,6 @@
 package nftables
 
 import (
-	"fmt"
-
 	"github.com/circuit-cni/circuit/controller"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
 )
@@ -19,8 +17,8 @@ func validate(svc controller.Service) (*spec.Spec, error) {
 		return nil, err
 	}
 	if !nftSchedulers[s.Scheduler] {
-		return nil, fmt.Errorf("%s: the nftables backend cannot do %s scheduling (%s); use rr, wrr or sh, or the ipvs backend: %w",
-			s.Prefix(), spec.Schedulers[s.Scheduler], s.Scheduler, controller.ErrUnsupported)
+		return nil, controller.Errorf(controller.ErrUnsupported, "the nftables backend cannot do %s scheduling (%s); use rr, wrr or sh, or the ipvs backend",
+			spec.Schedulers[s.Scheduler], s.Scheduler)
 	}
 	for _, t := range s.Targets {
 		if err := validateTarget(s, t); err != nil {
@@ -28,15 +26,15 @@ func validate(svc controller.Service) (*spec.Spec, error) {
 		}
 	}
 	if _, _, err := slots(weights(s)); err != nil {
-		return nil, fmt.Errorf("%s: %v: %w", s.Prefix(), err, controller.ErrInvalid)
+		return nil, controller.Errorf(controller.ErrInvalid, "%s: %v", s.Prefix(), err)
 	}
 	return s, nil
 }
 
 func validateTarget(s *spec.Spec, t spec.Target) error {
 	if t.Forward != spec.ForwardNAT {
-		return fmt.Errorf("%s: target %s: the nftables backend only forwards by nat (DNAT), not %s; use the ipvs backend: %w",
-			s.Prefix(), t.Addr, t.Forward, controller.ErrUnsupported)
+		return controller.Errorf(controller.ErrUnsupported, "target %s: the nftables backend only forwards by nat (DNAT), not %s; use the ipvs backend",
+			t.Addr, t.Forward)
 	}
 	return nil
 }

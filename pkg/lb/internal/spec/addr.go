@@ -3,7 +3,6 @@
 package spec
 
 import (
-	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -16,7 +15,7 @@ import (
 // addresses, and a zone has no meaning to IPVS or nftables.
 func ParseAddrPort(s string) (netip.AddrPort, error) {
 	bad := func(why string) (netip.AddrPort, error) {
-		return netip.AddrPort{}, fmt.Errorf("address %q: %s: %w", s, why, controller.ErrInvalid)
+		return netip.AddrPort{}, controller.Errorf(controller.ErrInvalid, "address %q: %s", s, why)
 	}
 	host, port, ok := splitHostPort(s)
 	if !ok {

@@ -76,7 +76,7 @@ func (s *Spec) Prefix() string { return "lb " + s.Name }
 // ValidName checks a service name: it becomes part of kernel object names.
 func ValidName(name string) error {
 	if !nameRE.MatchString(name) {
-		return fmt.Errorf("service name %q: want 1-63 characters of A-Z a-z 0-9 _ . -: %w", name, controller.ErrInvalid)
+		return controller.Errorf(controller.ErrInvalid, "service name %q: want 1-63 characters of A-Z a-z 0-9 _ . -", name)
 	}
 	return nil
 }
@@ -84,7 +84,7 @@ func ValidName(name string) error {
 // ValidScheduler checks a scheduler name against the known IPVS schedulers.
 func ValidScheduler(name string) error {
 	if _, ok := Schedulers[name]; !ok {
-		return fmt.Errorf("scheduler %q: want one of %s: %w", name, strings.Join(sortedKeys(Schedulers), ", "), controller.ErrInvalid)
+		return controller.Errorf(controller.ErrInvalid, "scheduler %q: want one of %s", name, strings.Join(sortedKeys(Schedulers), ", "))
 	}
 	return nil
 }
@@ -92,7 +92,7 @@ func ValidScheduler(name string) error {
 // ValidProtocol checks a protocol name.
 func ValidProtocol(name string) error {
 	if _, ok := Protocols[name]; !ok {
-		return fmt.Errorf("protocol %q: want one of %s: %w", name, strings.Join(sortedKeys(Protocols), ", "), controller.ErrInvalid)
+		return controller.Errorf(controller.ErrInvalid, "protocol %q: want one of %s", name, strings.Join(sortedKeys(Protocols), ", "))
 	}
 	return nil
 }
@@ -100,7 +100,7 @@ func ValidProtocol(name string) error {
 // ValidForward checks a forwarding method.
 func ValidForward(name string) error {
 	if !slices.Contains(forwards, name) {
-		return fmt.Errorf("forwarding %q: want one of %s: %w", name, strings.Join(forwards, ", "), controller.ErrInvalid)
+		return controller.Errorf(controller.ErrInvalid, "forwarding %q: want one of %s", name, strings.Join(forwards, ", "))
 	}
 	return nil
 }
@@ -130,10 +130,10 @@ func Parse(svc controller.Service) (*Spec, error) {
 		return wrap(err)
 	}
 	if s.Persistence < 0 {
-		return wrap(fmt.Errorf("negative persistence %s: %w", s.Persistence, controller.ErrInvalid))
+		return wrap(controller.Errorf(controller.ErrInvalid, "negative persistence %s", s.Persistence))
 	}
 	if s.Persistence > 0 && s.Persistence < time.Second {
-		return wrap(fmt.Errorf("persistence %s is below the kernel's 1s granularity: %w", s.Persistence, controller.ErrInvalid))
+		return wrap(controller.Errorf(controller.ErrInvalid, "persistence %s is below the kernel's 1s granularity", s.Persistence))
 	}
 	seen := map[netip.AddrPort]bool{}
 	for _, t := range svc.Targets {
@@ -142,7 +142,7 @@ func Parse(svc controller.Service) (*Spec, error) {
 			return wrap(err)
 		}
 		if seen[pt.Addr] {
-			return wrap(fmt.Errorf("target %s listed twice: %w", pt.Addr, controller.ErrInvalid))
+			return wrap(controller.Errorf(controller.ErrInvalid, "target %s listed twice", pt.Addr))
 		}
 		seen[pt.Addr] = true
 		s.Targets = append(s.Targets, pt)
@@ -158,7 +158,7 @@ func ParseTarget(s *Spec, t controller.Target) (Target, error) {
 	}
 	pt := Target{Addr: addr, Weight: t.Weight, Forward: orDefault(strings.ToLower(t.Forward), ForwardNAT)}
 	bad := func(format string, a ...any) (Target, error) {
-		return Target{}, fmt.Errorf("target %s: %s: %w", addr, fmt.Sprintf(format, a...), controller.ErrInvalid)
+		return Target{}, controller.Errorf(controller.ErrInvalid, "target %s: %s", addr, fmt.Sprintf(format, a...))
 	}
 	if err := ValidForward(pt.Forward); err != nil {
 		return Target{}, fmt.Errorf("target %s: %w", addr, err)
