@@ -28,7 +28,9 @@ func main() {
 
 	// A signal cancels the context, so the controller can roll back
 	// half-done work instead of dying in the middle of it.
+	// A second signal is not caught: it ends a process that does not stop.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() { <-ctx.Done(); stop() }()
 	app := cmd.NewApp(newController, os.Stdout, os.Stderr, os.Stdin)
 	err := app.Run(ctx, os.Args)
 	stop()

@@ -216,7 +216,7 @@ func TestErrors(t *testing.T) {
 		{[]string{"network", "list", "--format", "{{.Nope}}"}, 1, "can't evaluate field Nope"},
 		{[]string{"network", "create"}, 2, "circuit: network create: missing arguments: want FILE|-"},
 		{[]string{"network", "create", "/no/such/file.conf"}, 1, "circuit: read /no/such/file.conf: no such file or directory"},
-		{[]string{"network", "create", t.TempDir()}, 1, "is a directory"},
+		{[]string{"network", "create", t.TempDir()}, 1, "not a regular file"},
 		{[]string{"network", "inspect", "nope"}, 1, `circuit: network "nope": not found`},
 		{[]string{"network", "connect", "4668"}, 2, "circuit: network connect: missing arguments: want CONTAINER NETWORK"},
 		{[]string{"network", "connect", "4668", "nope"}, 1, `circuit: network "nope": not found`},

@@ -27,6 +27,10 @@ func gcCommand(a *app) *cli.Command {
 			return a.withController(ctx, func(c controller.Controller) error {
 				r, err := c.GC(ctx, cmd.Bool("dry-run"))
 				if err != nil {
+					// Say what was done before the failure, then the failure.
+					if r != nil && len(r.Actions) > 0 {
+						printReport(a.stdout, out, r, "gc", cmd.Bool("dry-run"))
+					}
 					return err
 				}
 				return printReport(a.stdout, out, r, "gc", cmd.Bool("dry-run"))

@@ -108,6 +108,11 @@ func splitNames(s string) []string {
 // hookLog appends one line to <state>/hook.log. Failing to log must not fail
 // the hook, so problems only reach the debug log.
 func (a *app) hookLog(id, status, msg string) {
+	// Only root may make the state dir: one made by another user would be
+	// theirs to tamper with.
+	if os.Geteuid() != 0 {
+		return
+	}
 	if err := os.MkdirAll(a.g.StateDir, 0o700); err != nil {
 		a.g.Log.Debugf("hook log: %v", err)
 		return

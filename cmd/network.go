@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v3"
 
 	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/pkg/cni"
 )
 
 // maxConfigSize bounds a network config read from a file or stdin.
@@ -65,20 +66,10 @@ func networkCreateCommand(a *app) *cli.Command {
 // readConfig reads a config file or stdin ("-"), at most maxConfigSize
 // bytes, and reports errors as "read FILE: reason".
 func (a *app) readConfig(name string) ([]byte, error) {
-	var r io.Reader = a.stdin
 	if name != "-" {
-		f, err := os.Open(name)
-		if err != nil {
-			var pe *os.PathError
-			if errors.As(err, &pe) {
-				err = pe.Err
-			}
-			return nil, fmt.Errorf("read %s: %w", name, err)
-		}
-		defer f.Close()
-		r = f
+		return cni.ReadFile(name)
 	}
-	b, err := io.ReadAll(io.LimitReader(r, maxConfigSize+1))
+	b, err := io.ReadAll(io.LimitReader(a.stdin, maxConfigSize+1))
 	if err != nil {
 		var pe *os.PathError
 		if errors.As(err, &pe) {

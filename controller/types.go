@@ -41,6 +41,15 @@ type Peer struct {
 	State       string     `json:"state"`
 	ConnectedAt time.Time  `json:"connectedAt"`
 	QoS         *QoSPolicy `json:"qos,omitempty"` // per-container override
+	// Owner is the circuit process connecting or disconnecting the peer,
+	// so gc can tell work in progress from work a killed process left.
+	Owner *Process `json:"owner,omitempty"`
+}
+
+// Process identifies a process across PID reuse.
+type Process struct {
+	PID   int    `json:"pid"`
+	Start uint64 `json:"start"` // clock ticks since boot
 }
 
 // ConnectRequest names a container (PID or runc ID) and a network.

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io/fs"
 	"os"
@@ -15,6 +16,8 @@ import (
 	"time"
 
 	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/ds"
+	"github.com/circuit-cni/circuit/ds/bolt"
 	"github.com/circuit-cni/circuit/pkg/testutil"
 )
 
@@ -414,4 +417,65 @@ func TestSecurityConfFIFONoHang(t *testing.T) {
 			}
 		})
 	}
+}
+
+// gc and restore act as root on the netns path a record names: unmount,
+// delete, enter to shape. A record whose path is not circuit's own pin
+// (a tampered or corrupt datastore) is refused, not followed.
+func TestSecurityGCRestoreOnlyTouchOwnPins(t *testing.T) {
+	c := newCLI(t)
+	c.must("network", "create", c.conf("tamper", "10.220.46.0/24"))
+	c.must("network", "qos", "set", "--rate", "5000", "tamper")
+	victim := filepath.Join(t.TempDir(), "victim")
+	if err := os.WriteFile(victim, []byte("keep me"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Interfaces of the host's own namespace, harmless to shape should
+	// restore follow the record.
+	hostIf := testutil.RandName("cvh")
+	testutil.Run(t, "ip", "link", "add", hostIf, "type", "veth", "peer", "name", hostIf+"p")
+	t.Cleanup(func() { exec.Command("ip", "link", "del", hostIf).Run() })
+	store, err := bolt.Open(c.state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = store.Update(context.Background(), func(tx ds.Tx) error {
+		// A dead one pointing at a file, and a live one pointing at the
+		// host's own namespace (this test's), with a host interface.
+		if err := tx.PutPeer(&controller.Peer{Network: "tamper", ContainerID: "gone", PID: 999999999, IfName: "eth0",
+			Netns: victim, State: controller.PeerConnected, ConnectedAt: time.Now()}); err != nil {
+			return err
+		}
+		return tx.PutPeer(&controller.Peer{Network: "tamper", ContainerID: "host", PID: os.Getpid(), IfName: hostIf,
+			Netns: fmt.Sprintf("/proc/%d/ns/net", os.Getpid()), State: controller.PeerConnected, ConnectedAt: time.Now()})
+	})
+	store.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	qdiscs := func() string {
+		out, _ := exec.Command("tc", "qdisc", "show", "dev", hostIf).CombinedOutput()
+		return string(out)
+	}
+	before := qdiscs()
+	for _, cmd := range []string{"gc", "restore"} {
+		_, stderr, err := c.run("", cmd)
+		secOneLine(t, cmd+" over tampered records", err, stderr, "not circuit's pin")
+		if b, err := os.ReadFile(victim); err != nil || string(b) != "keep me" {
+			t.Errorf("%s removed or changed %s: %v", cmd, victim, err)
+		}
+		if after := qdiscs(); after != before || strings.Contains(after, "c1c0:") {
+			t.Errorf("%s shaped the host's %s:\n%s", cmd, hostIf, after)
+		}
+	}
+	// Leave nothing for the cleanup's network delete to follow.
+	store, err = bolt.Open(c.state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	store.Update(context.Background(), func(tx ds.Tx) error {
+		tx.DeletePeer("tamper", "gone", "eth0")
+		return tx.DeletePeer("tamper", "host", hostIf)
+	})
 }

@@ -56,6 +56,7 @@ func (c *Controller) connect(ctx context.Context, req controller.ConnectRequest)
 		Netns:       c.pinPath(n.Name, ctr.ID, ifname),
 		State:       controller.PeerConnecting,
 		ConnectedAt: time.Now().UTC(),
+		Owner:       self(),
 	}
 	// Record intent first: a crash from here on leaves a record gc finishes.
 	err = c.store.Update(ctx, func(tx ds.Tx) error {
@@ -117,7 +118,7 @@ func (c *Controller) connect(ctx context.Context, req controller.ConnectRequest)
 	if err := c.applyPeerQoS(ctx, n, p); err != nil {
 		return nil, err
 	}
-	p.State = controller.PeerConnected
+	p.State, p.Owner = controller.PeerConnected, nil
 	err = c.store.Update(ctx, func(tx ds.Tx) error { return tx.PutPeer(p) })
 	if err != nil {
 		return nil, err
@@ -202,9 +203,15 @@ func (c *Controller) detach(ctx context.Context, n *controller.Network, p *contr
 	if err != nil {
 		return err
 	}
-	p.State = controller.PeerDisconnecting
-	if err := c.store.Update(ctx, func(tx ds.Tx) error { return tx.PutPeer(p) }); err != nil {
+	claimed, err := c.claim(ctx, p)
+	if err != nil {
 		return err
+	}
+	if !claimed {
+		if _, err := c.peer(ctx, p.Network, p.ContainerID, p.IfName); errors.Is(err, controller.ErrNotFound) {
+			return nil // another circuit process finished it
+		}
+		return controller.Errorf(controller.ErrBusy, "another circuit process is changing container %s on network %s; try again", p.ContainerID, p.Network)
 	}
 	nsPath := p.Netns
 	if !netns.IsNetns(nsPath) {
@@ -230,4 +237,14 @@ func (c *Controller) detach(ctx context.Context, n *controller.Network, p *contr
 		c.log.Debugf("disconnected %s from %s", p.ContainerID, n.Name)
 	}
 	return err
+}
+
+func (c *Controller) peer(ctx context.Context, network, containerID, ifname string) (*controller.Peer, error) {
+	var p *controller.Peer
+	err := c.store.View(ctx, func(tx ds.Tx) error {
+		var err error
+		p, err = tx.GetPeer(network, containerID, ifname)
+		return err
+	})
+	return p, err
 }

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"reflect"
 	"strconv"
 
@@ -96,12 +94,7 @@ func (c *Controller) hookNetworks(ctx context.Context, req controller.HookReques
 // ensureNetworkFromFile creates the network CNI_CONF describes, or checks
 // that the stored one is the same.
 func (c *Controller) ensureNetworkFromFile(ctx context.Context, path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", fmt.Errorf("CNI_CONF: %w", err)
-	}
-	defer f.Close()
-	raw, err := io.ReadAll(io.LimitReader(f, cni.MaxConfigSize+1))
+	raw, err := cni.ReadFile(path)
 	if err != nil {
 		return "", fmt.Errorf("CNI_CONF: %w", err)
 	}

@@ -78,6 +78,9 @@ func (c *Controller) InspectNetwork(ctx context.Context, name string) (*controll
 
 // network reads one network with its peers.
 func (c *Controller) network(ctx context.Context, name string) (*controller.Network, error) {
+	if err := cni.ValidateName(name); err != nil {
+		return nil, err
+	}
 	var n *controller.Network
 	err := c.store.View(ctx, func(tx ds.Tx) error {
 		var err error

@@ -10,17 +10,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/circuit-cni/circuit/controller"
 	"github.com/circuit-cni/circuit/ds"
 	"github.com/circuit-cni/circuit/pkg/cni"
 	"github.com/circuit-cni/circuit/pkg/netns"
+	"github.com/circuit-cni/circuit/pkg/runc"
 )
-
-// connectGrace is how long a peer may stay "connecting" while a circuit
-// process that could be making it still runs; a CNI ADD takes milliseconds.
-const connectGrace = 2 * time.Minute
 
 // alive reports whether a peer's container still runs in the namespace
 // circuit pinned for it.
@@ -29,35 +25,56 @@ func alive(p *controller.Peer) bool {
 }
 
 // stale reports why gc or restore should remove a peer, or "" to keep it.
-// A "connecting" or "disconnecting" record is work in progress while a
-// circuit process that may be doing it, or a CNI plugin working on it,
-// runs (and a connect, for connectGrace at most); a circuit killed
-// part-way leaves one that nothing will finish. The caller claims a stale
-// peer before removing it (see claim).
-func (c *Controller) stale(p *controller.Peer, now time.Time, procs *procScan) string {
-	switch {
-	case p.State == controller.PeerConnecting && now.Sub(p.ConnectedAt) > connectGrace:
-		return "an interrupted connect"
-	case p.State == controller.PeerConnecting && !procs.mayRun(c.cfg.StateDir, p):
-		return "an interrupted connect"
-	case p.State == controller.PeerDisconnecting && !procs.mayRun(c.cfg.StateDir, p):
+// A "connecting" or "disconnecting" record is work in progress while the
+// circuit process that wrote it (its Owner) runs, or while a CNI plugin
+// still works on the attachment: a circuit killed during an ADD leaves its
+// plugins running, and a DEL under them would leak what they make after.
+// The caller claims a stale peer before removing it (see claim).
+func (c *Controller) stale(p *controller.Peer, procs *procScan) string {
+	switch p.State {
+	case controller.PeerConnecting, controller.PeerDisconnecting:
+		if ownerRuns(p.Owner) || procs.pluginRuns(p) {
+			return "" // in progress
+		}
+		if p.State == controller.PeerConnecting {
+			return "an interrupted connect"
+		}
 		return "an interrupted disconnect"
-	case p.State == controller.PeerConnecting, p.State == controller.PeerDisconnecting:
-		return "" // in progress
-	case !alive(p):
-		return "its container is gone"
+	case controller.PeerConnected:
+		if !alive(p) {
+			return "its container is gone"
+		}
 	}
 	return ""
 }
 
-// claim marks a peer "disconnecting" if its record is still the one the
-// caller read, and reports whether it did. A connect that finished (or
-// rolled back) since, or another gc, restore or disconnect that took the
-// peer first, changed the record; a later connect of the same attachment
-// has another ConnectedAt. The record is read before the process scan, so
-// an unchanged "connecting" record here was written by a process that the
-// scan found gone.
+// ownerRuns reports whether the recorded owner process still runs.
+func ownerRuns(o *controller.Process) bool {
+	if o == nil {
+		return false
+	}
+	start, err := runc.StartTime(o.PID)
+	return err == nil && start == o.Start
+}
+
+// self is this process, as recorded in the peers it is working on.
+func self() *controller.Process {
+	start, _ := runc.StartTime(os.Getpid())
+	return &controller.Process{PID: os.Getpid(), Start: start}
+}
+
+// claim marks a peer "disconnecting", owned by this process, if its record
+// is still the one the caller read, and reports whether it did. A connect
+// that finished (or rolled back) since, or another gc, restore or
+// disconnect that took the peer first, changed the record; a later connect
+// of the same attachment has another ConnectedAt. A record another live
+// circuit process is working on is not taken either. On success p is the
+// claimed record.
 func (c *Controller) claim(ctx context.Context, p *controller.Peer) (bool, error) {
+	if err := c.ownPin(p); err != nil {
+		return false, err
+	}
+	me := self()
 	ok := false
 	err := c.store.Update(ctx, func(tx ds.Tx) error {
 		q, err := tx.GetPeer(p.Network, p.ContainerID, p.IfName)
@@ -67,129 +84,62 @@ func (c *Controller) claim(ctx context.Context, p *controller.Peer) (bool, error
 		if err != nil {
 			return err
 		}
-		if q.State != p.State || !q.ConnectedAt.Equal(p.ConnectedAt) {
+		if q.State != p.State || !q.ConnectedAt.Equal(p.ConnectedAt) || !sameOwner(q.Owner, p.Owner) {
 			return nil
 		}
-		q.State = controller.PeerDisconnecting
+		if q.State != controller.PeerConnected && !sameOwner(q.Owner, me) && ownerRuns(q.Owner) {
+			return nil
+		}
+		q.State, q.Owner = controller.PeerDisconnecting, me
 		ok = true
+		*p = *q
 		return tx.PutPeer(q)
 	})
 	return ok && err == nil, err
 }
 
-// procScan is what /proc says about processes that may be connecting a
-// container: circuit processes other than this one, with the state dirs
-// they use, and the attachments CNI plugins are working on. A circuit
-// killed during a connect leaves its plugins running, orphaned, until
-// they finish their ADD; deleting the attachment under them would leave
-// whatever they make after.
-//
-// It is taken once, lazily, after the records were read: a "connecting"
-// record read before the scan was written by a process started before it,
-// so if no such process shows, its writer is dead or done.
+func sameOwner(a, b *controller.Process) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+// ownPin refuses a record whose netns is not the pin circuit makes for
+// it: gc and restore unmount and delete that path, and enter it to shape
+// traffic, as root.
+func (c *Controller) ownPin(p *controller.Peer) error {
+	if want := c.pinPath(p.Network, p.ContainerID, p.IfName); p.Netns != want {
+		return controller.Errorf(controller.ErrInvalid, "the record names netns %q, not circuit's pin %s: left alone", p.Netns, want)
+	}
+	return nil
+}
+
+// procScan finds the attachments CNI plugins are working on, from their
+// CNI_CONTAINERID environment. It is taken once, lazily, after the records
+// were read.
 type procScan struct {
-	done     bool
-	unsure   bool     // cannot see every process: assume a connect runs
-	circuits []string // state dirs of other circuit processes ("" = unknown)
-	plugins  map[string]bool
+	done    bool
+	plugins map[string]bool
 }
 
-// initPidNS is the inode of the initial PID namespace (PROC_PID_INIT_INO).
-const initPidNS = "pid:[4026531836]"
-
-func (s *procScan) scan() {
-	s.done = true
-	s.plugins = map[string]bool{}
-	if ns, err := os.Readlink("/proc/self/ns/pid"); err != nil || ns != initPidNS {
-		s.unsure = true // processes outside our PID namespace are invisible
-		return
-	}
-	self, _ := os.Stat("/proc/self/exe")
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		s.unsure = true
-		return
-	}
-	me := os.Getpid()
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == me {
-			continue
-		}
-		dir := filepath.Join("/proc", e.Name())
-		env, _ := os.ReadFile(filepath.Join(dir, "environ"))
-		vars := strings.Split(string(env), "\x00")
-		if id, ns := envValue(vars, "CNI_CONTAINERID"), envValue(vars, "CNI_NETNS"); id != "" {
-			s.plugins[id+"\x00"+ns] = true
-		}
-		exe, err := os.Readlink(filepath.Join(dir, "exe"))
-		if err != nil {
-			continue // a kernel thread, or gone
-		}
-		isCircuit := filepath.Base(strings.TrimSuffix(exe, " (deleted)")) == "circuit"
-		if fi, err := os.Stat(filepath.Join(dir, "exe")); err == nil && self != nil && os.SameFile(fi, self) {
-			isCircuit = true
-		}
-		if isCircuit {
-			s.circuits = append(s.circuits, stateDirOf(dir, vars))
-		}
-	}
-}
-
-// mayRun reports whether a process that may be connecting or
-// disconnecting p runs.
-func (s *procScan) mayRun(stateDir string, p *controller.Peer) bool {
+func (s *procScan) pluginRuns(p *controller.Peer) bool {
 	if !s.done {
-		s.scan()
-	}
-	if s.unsure || s.plugins[p.ContainerID+"\x00"+p.Netns] || s.plugins[p.ContainerID+"\x00"] {
-		return true
-	}
-	for _, d := range s.circuits {
-		if d == "" || sameDir(d, stateDir) {
-			return true
+		s.done = true
+		s.plugins = map[string]bool{}
+		entries, _ := os.ReadDir("/proc")
+		for _, e := range entries {
+			if _, err := strconv.Atoi(e.Name()); err != nil {
+				continue
+			}
+			env, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+			vars := strings.Split(string(env), "\x00")
+			if id := envValue(vars, "CNI_CONTAINERID"); id != "" {
+				s.plugins[id] = true
+			}
 		}
 	}
-	return false
-}
-
-// stateDirOf finds the state dir a circuit process uses, as its command
-// line gives it (--state, else $CIRCUIT_STATE, else the default), or ""
-// when that cannot be told.
-func stateDirOf(dir string, env []string) string {
-	b, err := os.ReadFile(filepath.Join(dir, "cmdline"))
-	if err != nil {
-		return ""
-	}
-	args := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
-	var found []string
-	for i := 1; i < len(args); i++ {
-		a := args[i]
-		switch {
-		case (a == "--state" || a == "-state") && i+1 < len(args):
-			found = append(found, args[i+1])
-		case strings.HasPrefix(a, "--state="), strings.HasPrefix(a, "-state="):
-			_, v, _ := strings.Cut(a, "=")
-			found = append(found, v)
-		}
-	}
-	if len(found) > 1 {
-		return "" // the last one wins, unless one is an argument: don't guess
-	}
-	state := DefaultStateDir
-	if len(found) == 1 {
-		state = found[0]
-	} else if v := envValue(env, "CIRCUIT_STATE"); v != "" {
-		state = v
-	}
-	if !filepath.IsAbs(state) {
-		cwd, err := os.Readlink(filepath.Join(dir, "cwd"))
-		if err != nil {
-			return ""
-		}
-		state = filepath.Join(cwd, state)
-	}
-	return filepath.Clean(state)
+	return s.plugins[p.ContainerID]
 }
 
 func envValue(env []string, key string) string {
@@ -199,16 +149,6 @@ func envValue(env []string, key string) string {
 		}
 	}
 	return ""
-}
-
-// sameDir compares two absolute paths, through symlinks where they resolve.
-func sameDir(a, b string) bool {
-	if filepath.Clean(a) == filepath.Clean(b) {
-		return true
-	}
-	fa, errA := os.Stat(a)
-	fb, errB := os.Stat(b)
-	return errA == nil && errB == nil && os.SameFile(fa, fb)
 }
 
 // GC removes what belongs to containers that are gone: their attachments
@@ -243,7 +183,6 @@ func (c *Controller) GC(ctx context.Context, dryRun bool) (*controller.Report, e
 	if err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
 	}
-	now := time.Now()
 	procs := &procScan{}
 	pinsKept := map[string]bool{}
 	for ni := range nets {
@@ -257,7 +196,7 @@ func (c *Controller) GC(ctx context.Context, dryRun bool) (*controller.Report, e
 		for pi := range n.Peers {
 			p := &n.Peers[pi]
 			known[p.ContainerID+"/"+p.IfName] = true // kept, or cleaned by detach below
-			why := c.stale(p, now, procs)
+			why := c.stale(p, procs)
 			if why == "" {
 				pinsKept[filepath.Base(p.Netns)] = true
 				continue
@@ -355,7 +294,7 @@ func (c *Controller) GC(ctx context.Context, dryRun bool) (*controller.Report, e
 			}
 		}
 	}
-	return rep, errors.Join(errs...)
+	return rep, joinErrors(errs...)
 }
 
 // unrecorded runs remove while holding the datastore's write lock, unless
@@ -376,7 +315,7 @@ func (c *Controller) unrecorded(ctx context.Context, network, containerID, ifnam
 		rerr = remove()
 		return nil
 	})
-	return errors.Join(err, rerr)
+	return joinErrors(err, rerr)
 }
 
 // pluginGC asks libcni and the plugins (CNI 1.1 GC) to drop every
@@ -397,7 +336,7 @@ func (c *Controller) pluginGC(ctx context.Context, network string, cfg *cni.Conf
 		gcErr = c.cni.GC(ctx, cfg, valid)
 		return nil
 	})
-	return errors.Join(err, gcErr)
+	return joinErrors(err, gcErr)
 }
 
 func knownID(known map[string]bool, id string) bool {
@@ -513,3 +452,30 @@ type ipamConf struct {
 	Type    string `json:"type"`
 	DataDir string `json:"dataDir"`
 }
+
+// joinErrors is errors.Join on one line ("; " between the errors): the CLI
+// prints an error as one line on stderr.
+func joinErrors(errs ...error) error {
+	var j joined
+	for _, err := range errs {
+		if err != nil {
+			j = append(j, err)
+		}
+	}
+	if len(j) == 0 {
+		return nil
+	}
+	return j
+}
+
+type joined []error
+
+func (j joined) Error() string {
+	msgs := make([]string, len(j))
+	for i, err := range j {
+		msgs[i] = strings.ReplaceAll(err.Error(), "\n", "; ")
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func (j joined) Unwrap() []error { return j }

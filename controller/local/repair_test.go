@@ -86,8 +86,8 @@ func TestGCFinishesInterruptedConnect(t *testing.T) {
 	s := testutil.NewSleeper(t)
 	p := e.connect(s, "half")
 	// Make the record look like a connect that died after recording intent.
-	p.State = controller.PeerConnecting
-	p.ConnectedAt = p.ConnectedAt.Add(-connectGrace * 2)
+	// Owned by a process that is gone (pid 0 never has our start time).
+	p.State, p.Owner = controller.PeerConnecting, &controller.Process{PID: 1, Start: 1}
 	if err := e.c.store.Update(ctx, func(tx ds.Tx) error { return tx.PutPeer(p) }); err != nil {
 		t.Fatal(err)
 	}

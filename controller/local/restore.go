@@ -2,10 +2,8 @@ package local
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/circuit-cni/circuit/controller"
 	"github.com/circuit-cni/circuit/pkg/qos"
@@ -22,13 +20,12 @@ func (c *Controller) Restore(ctx context.Context) (*controller.Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	now := time.Now()
 	procs := &procScan{}
 	for ni := range nets {
 		n := &nets[ni]
 		for pi := range n.Peers {
 			p := &n.Peers[pi]
-			if why := c.stale(p, now, procs); why != "" {
+			if why := c.stale(p, procs); why != "" {
 				if claimed, err := c.claim(ctx, p); err != nil || !claimed {
 					if err != nil {
 						errs = append(errs, fmt.Errorf("restore: disconnect %s from %s: %w", p.ContainerID, n.Name, err))
@@ -50,7 +47,14 @@ func (c *Controller) Restore(ctx context.Context) (*controller.Report, error) {
 				continue
 			}
 			pol, _ := effective(n, p)
-			if pol == nil || qosInPlace(p, pol) {
+			if pol == nil {
+				continue
+			}
+			if err := c.ownPin(p); err != nil {
+				errs = append(errs, fmt.Errorf("restore: qos of %s on %s: %w", p.ContainerID, n.Name, err))
+				continue
+			}
+			if qosInPlace(p, pol) {
 				continue
 			}
 			if err := qos.Apply(p.Netns, p.IfName, *pol); err != nil {
@@ -65,7 +69,7 @@ func (c *Controller) Restore(ctx context.Context) (*controller.Report, error) {
 	if err != nil {
 		errs = append(errs, err)
 	}
-	return rep, errors.Join(errs...)
+	return rep, joinErrors(errs...)
 }
 
 // qosInPlace reports whether circuit's shaping for pol is on the interface.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -67,6 +68,9 @@ func Open(stateDir string, opts ...Option) (*Store, error) {
 	}
 	if err := os.MkdirAll(stateDir, dirMode); err != nil {
 		return nil, fmt.Errorf("open datastore: create state dir: %w", err)
+	}
+	if err := checkOwner(stateDir); err != nil {
+		return nil, fmt.Errorf("open datastore: %w", err)
 	}
 	if err := restrictMode(stateDir, dirMode); err != nil {
 		return nil, fmt.Errorf("open datastore: %w", err)
@@ -231,6 +235,19 @@ func restrictMode(path string, limit fs.FileMode) error {
 		if err := os.Chmod(path, perm&limit); err != nil {
 			return fmt.Errorf("restrict permissions: %w", err)
 		}
+	}
+	return nil
+}
+
+// checkOwner refuses a state dir another user owns: that user could swap
+// the database or the pins under circuit, which runs as root.
+func checkOwner(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("state dir %s is owned by uid %d, not by this user (uid %d): %w", dir, st.Uid, os.Geteuid(), controller.ErrPermission)
 	}
 	return nil
 }

@@ -6,9 +6,13 @@ package cni
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"os"
 	"regexp"
 	"slices"
+	"syscall"
 
 	"github.com/containernetworking/cni/libcni"
 
@@ -127,4 +131,32 @@ func validateType(network, t string, index int) error {
 		return controller.Errorf(controller.ErrInvalid, "network %s: %s type %q must be a plain plugin name, not a path", network, where, t)
 	}
 	return nil
+}
+
+// ReadFile reads a configuration file. Only a regular file is read, and it
+// is opened without blocking, so a FIFO or device named by mistake (or by a
+// hook's CNI_CONF) fails at once instead of hanging the caller.
+func ReadFile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	} else if !fi.Mode().IsRegular() {
+		return nil, controller.Errorf(controller.ErrInvalid, "read %s: not a regular file", path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, MaxConfigSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(b) > MaxConfigSize {
+		return nil, controller.Errorf(controller.ErrInvalid, "read %s: larger than 1 MiB", path)
+	}
+	return b, nil
 }
