@@ -28,7 +28,7 @@ test: deps build cni
 	hack/test.sh
 
 unit:
-	go test -race ./...
+	CGO_ENABLED=1 go test -race ./...
 
 fuzz:
 	hack/fuzz.sh

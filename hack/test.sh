@@ -5,6 +5,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export GOFLAGS=-mod=mod
+# The Makefile builds static binaries with cgo off; the race detector needs it.
+export CGO_ENABLED=1
 export CIRCUIT_TEST_CNI_PATH=$PWD/bin/cni CIRCUIT_TEST_BIN=$PWD/bin/circuit
 log=$(mktemp -d)/host.log
 status=0
