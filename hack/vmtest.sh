@@ -20,14 +20,14 @@ pkgs=${VMTEST_PKGS:-./...}                  # packages to test; "none" for none
 run_re=${VMTEST_RUN:-}                      # -test.run regex
 extra_tests=${VMTEST_EXTRA_TESTS:-}         # dir of prebuilt *.test binaries
 circuit_bin=${VMTEST_CIRCUIT_BIN:-}         # prebuilt circuit binary to use
-vm_timeout=${VMTEST_TIMEOUT:-900}           # seconds for the whole guest run
-test_timeout=${VMTEST_TEST_TIMEOUT:-5m}     # -test.timeout of each binary
+vm_timeout=${VMTEST_TIMEOUT:-1200}          # seconds for the whole guest run
+test_timeout=${VMTEST_TEST_TIMEOUT:-10m}    # -test.timeout of each binary
 cgroup=${VMTEST_CGROUP:-v2}                 # v2 or v1 inside the guest
 guest_env=${VMTEST_GUEST_ENV:-}             # extra K=V (space separated)
 mem=${VMTEST_MEM:-1536}                     # guest memory, MiB
 smp=${VMTEST_SMP:-2}                        # guest CPUs
 qemu_extra=${VMTEST_QEMU_ARGS:-}            # extra qemu arguments
-work=$cache/run                             # rebuilt on every run
+keep=${VMTEST_KEEP:-0}                      # 1: keep the initramfs tree and binaries
 
 export CGO_ENABLED=0
 export DEBIAN_FRONTEND=noninteractive
@@ -63,7 +63,7 @@ vm_unavailable() {
 	fail_early "VM tier unavailable: $*"
 }
 
-# ---- 1. host packages --------------------------------------------------------
+# ---- host packages -----------------------------------------------------------
 apt_updated=0
 apt_update_once() {
 	if [[ $apt_updated == 0 ]]; then
@@ -141,18 +141,38 @@ kernel_dir() {
 		mv "$tmp/x" "$dir"
 		rm -rf "$tmp"
 		touch "$dir/.done"
+		# Drop the kernels this one replaces.
+		find "$cache/kernel" -mindepth 1 -maxdepth 1 -type d -name 'linux-image-*' \
+			! -name "$pkg" -exec rm -rf {} +
 	fi
 	echo "$dir"
 }
 
 mkdir -p "$cache/kernel"
+# Runs may happen side by side (several people share a tree): one fetches the
+# kernel while the others wait for it.
+exec {kernel_lock}>"$cache/kernel/.lock"
+flock "$kernel_lock"
 kdir=$(kernel_dir) || vm_unavailable "cannot download Debian's kernel (linux-image-amd64)"
+flock -u "$kernel_lock"
 vmlinuz=$(ls "$kdir"/boot/vmlinuz-* | head -1)
 kver=${vmlinuz##*/vmlinuz-}
 log "kernel $kver ($kdir)"
 
-# ---- 2. Go binaries ----------------------------------------------------------
-rm -rf "$work"
+# ---- Go binaries -------------------------------------------------------------
+# Each run gets its own work dir under $cache/runs (side-by-side runs do not
+# collide); only the newest few are kept, and of those only the logs unless
+# VMTEST_KEEP=1.
+mkdir -p "$cache/runs"
+work=$(mktemp -d "$cache/runs/$(date +%Y%m%d-%H%M%S).XXXX")
+ls -d "$cache"/runs/*/ 2>/dev/null | sort | head -n -5 | xargs -r rm -rf
+# shellcheck disable=SC2317 # called by the trap
+cleanup() {
+	if [[ $keep != 1 ]]; then
+		rm -rf "${work:?}"/{root,bin,cni,tests,testdata,initrd.gz,vmlinuz}
+	fi
+}
+trap cleanup EXIT
 mkdir -p "$work"/{bin,cni,tests,testdata}
 build_failures=() # packages (or binaries) that did not build
 
@@ -181,8 +201,10 @@ testbin_name() {
 
 if [[ $pkgs != none ]]; then
 	# shellcheck disable=SC2086 # word splitting of the package patterns
-	mapfile -t test_pkgs < <(go list -e \
-		-f '{{if or .TestGoFiles .XTestGoFiles}}{{.ImportPath}} {{.Dir}}{{end}}' $pkgs)
+	list=$(go list -e \
+		-f '{{if or .TestGoFiles .XTestGoFiles}}{{.ImportPath}} {{.Dir}}{{end}}' $pkgs) ||
+		fail_early "go list $pkgs failed"
+	mapfile -t test_pkgs <<<"$list"
 	for line in "${test_pkgs[@]}"; do
 		[[ -n $line ]] || continue
 		pkg=${line%% *}
@@ -211,7 +233,7 @@ for t in "$work"/tests/*.test; do
 done
 log "${#test_bins[@]} test binaries, ${#build_failures[@]} failed to build"
 
-# ---- 3. the initramfs --------------------------------------------------------
+# ---- the initramfs -----------------------------------------------------------
 root=$work/root
 mkdir -p "$root"/usr/{bin,sbin,lib,lib64,local/bin,local/sbin}
 # A merged-/usr layout, as on Debian 12.
@@ -268,6 +290,20 @@ done
 for t in ping iperf3; do
 	p=$(command -v "$t") || fail_early "$t not found on the host"
 	copy_tool "$p" "/usr/bin/$t"
+done
+# Debian's busybox-static runs its own applet whenever it (or its shell) runs
+# a command by name: `sh -c 'tc ...'`, `nsenter ... ip ...` or `env tc` would
+# get busybox's tc and ip, not iproute2's. So /bin/sh is dash, and the usual
+# commands that run other commands are the host's real ones, as on a host.
+copy_tool "$(command -v dash)" /usr/bin/dash
+rm -f "$root/usr/bin/sh"
+ln -s dash "$root/usr/bin/sh"
+for t in bash env timeout nohup chroot nice xargs nsenter unshare setsid flock taskset; do
+	if p=$(command -v "$t"); then
+		copy_tool "$p" "$p"
+	else
+		log "warning: $t not found on the host; the VM uses busybox's"
+	fi
 done
 # kmod provides modprobe (also the kernel's request_module helper), depmod...
 copy_tool "$(command -v kmod)" /usr/bin/kmod
@@ -350,7 +386,7 @@ log "packing the initramfs"
 cp "$vmlinuz" "$work/vmlinuz"
 log "initramfs: $(du -h "$work/initrd.gz" | cut -f1) ($(du -sh "$root" | cut -f1) unpacked)"
 
-# ---- 5. boot it --------------------------------------------------------------
+# ---- boot it -----------------------------------------------------------------
 log "booting Debian's kernel $kver in qemu (TCG, timeout ${vm_timeout}s)"
 start=$(date +%s)
 set +e
@@ -368,7 +404,7 @@ qemu_rc=${PIPESTATUS[0]}
 set -e
 elapsed=$(($(date +%s) - start))
 
-# ---- 6. results --------------------------------------------------------------
+# ---- results -----------------------------------------------------------------
 # Top-level tests only: their "--- PASS/FAIL/SKIP: TestX" lines start at
 # column 0 (subtests are indented).
 passed=$(grep -c '^--- PASS: ' "$work/console.log" || true)

@@ -1,10 +1,11 @@
 #!/bin/sh
 # /init of circuit's VM test tier. hack/vmtest.sh copies this file into the
-# initramfs as /init; it runs under busybox ash as PID 1 inside qemu.
+# initramfs as /init; it runs as PID 1 inside qemu, under /bin/sh (dash),
+# with busybox providing most commands.
 #
-# Stage 1 (on the kernel's initial rootfs): copy the root into a tmpfs and
-#   switch_root into it. pivot_root(2), which runc uses, refuses to work while
-#   / is the initial rootfs, so runc containers need this.
+# Stage 1 (on the kernel's initial rootfs): bind-mount / onto itself and
+#   chroot into that mount. pivot_root(2), which runc uses, refuses to work
+#   while / is the initial rootfs, so runc containers need this.
 # Stage 2: mount the usual filesystems, load kernel modules, run every test
 #   binary under /vmtest/tests, print the results and power off.
 #
@@ -29,8 +30,9 @@ if [ "$1" != stage2 ]; then
 	# copying needed.
 	mount --bind / /newroot
 	mount --move /dev /newroot/dev
-	cd /newroot
+	cd /newroot || poweroff -f
 	mount --move . /
+	# shellcheck disable=SC2093 # the lines after it run only if exec fails
 	exec chroot . /init stage2
 	echo "vmtest: cannot chroot into the new root"
 	poweroff -f
@@ -38,8 +40,8 @@ fi
 
 # ---- stage 2 ---------------------------------------------------------------
 
-# Whatever happens below, never leave PID 1 (a kernel panic would hide the
-# output); the host treats a missing VMTEST-DONE line as a failure.
+# Nothing below exits: if PID 1 died, the kernel would panic and reboot (qemu
+# -no-reboot then quits); the host treats a missing VMTEST-DONE as a failure.
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mkdir -p /dev/pts /dev/shm /dev/mqueue
@@ -62,6 +64,7 @@ dmesg -n 1
 
 # Settings written by hack/vmtest.sh: VMTEST_RUN, VMTEST_TEST_TIMEOUT,
 # VMTEST_CGROUP and any extra exported variables (VMTEST_GUEST_ENV).
+# shellcheck disable=SC1091 # generated
 . /etc/vmtest/config
 
 # cgroups, for runc: v2 (unified) or v1 (one hierarchy per controller, like
@@ -81,24 +84,41 @@ fi
 hostname vmtest
 ip link set lo up
 
-# Kernel modules, in the order of /etc/vmtest/modules. A failure is reported
-# and skipped; the kernel can still auto-load the rest on demand.
+# Kernel modules, in the order of /etc/vmtest/modules. One modprobe call
+# loads them all (a modprobe per module costs seconds under TCG); only if it
+# fails are they tried one by one, to name the ones that do not load. A
+# failure is reported and skipped; the kernel can still auto-load on demand.
+mods=$(awk '$1 !~ /^#/ && NF { print $1 }' /etc/vmtest/modules)
 loaded=0
 nfailed=0
 failed=
-while read -r m _; do
-	case "$m" in '' | '#'*) continue ;; esac
-	if out=$(modprobe "$m" 2>&1); then
-		loaded=$((loaded + 1))
-	else
-		echo "vmtest: module $m failed to load: $out"
-		nfailed=$((nfailed + 1))
-		failed="$failed $m"
-	fi
-done </etc/vmtest/modules
+# shellcheck disable=SC2086 # one word per module
+if modprobe -a $mods 2>/dev/null; then
+	loaded=$(echo "$mods" | wc -w)
+else
+	for m in $mods; do
+		if out=$(modprobe "$m" 2>&1); then
+			loaded=$((loaded + 1))
+		else
+			echo "vmtest: module $m failed to load: $out"
+			nfailed=$((nfailed + 1))
+			failed="$failed $m"
+		fi
+	done
+fi
 echo "VMTEST-MODULES $loaded $nfailed$failed"
 echo "vmtest: guest ready after $(cut -d' ' -f1 /proc/uptime)s of uptime ($loaded modules loaded, $nfailed failed)"
 [ -e /proc/net/ip_vs ] || echo "vmtest: warning: no /proc/net/ip_vs (IPVS missing)"
+
+# A default route, as on a host: a connection
+# to a service address that only an IPVS or nftables DNAT rule answers needs
+# a route before those hooks see the packet. The VM has no NIC: eth0 is a
+# dummy link, and what it "sends" is dropped.
+ip link add eth0 type dummy &&
+	ip addr add 10.199.255.2/24 dev eth0 &&
+	ip link set eth0 up &&
+	ip route add default via 10.199.255.1 ||
+	echo "vmtest: cannot set up the dummy eth0 and its default route"
 
 # Environment of the test binaries.
 export CIRCUIT_TEST_VM=1
@@ -107,7 +127,7 @@ export CIRCUIT_TEST_BIN=/usr/local/bin/circuit
 export CIRCUIT_TEST_BUSYBOX=/bin/busybox
 export HOME=/root
 export TMPDIR=/tmp
-cd /root
+cd /root || true
 
 ran=0
 bad=0
