@@ -32,7 +32,8 @@ host_skip=$(grep -cE '^--- SKIP' "$log")
 echo "host: $host_pass passed, $host_fail failed, $host_skip skipped"
 if [ "$(id -u)" = 0 ] && [ "$host_skip" -gt 0 ]; then
 	echo "-- skipped as root (each says why):"
-	grep -A1 -E '^--- SKIP' "$log" | grep -vE '^(--|--- SKIP)' | sed 's/^ */   /' | sort | uniq -c | head -20
+	# go test -v prints a skip's reason on the line before its "--- SKIP".
+	grep -B1 -E '^--- SKIP' "$log" | grep -vE '^(--|--- SKIP|=== )' | sed 's/^ */   /' | sort | uniq -c | head -20
 fi
 
 echo "== fuzzing (bounded)"
