@@ -11,20 +11,6 @@ import (
 	"time"
 )
 
-// Netns creates a named network namespace (ip netns) with lo up and returns
-// its name; it is deleted when the test ends.
-func Netns(t testing.TB, prefix string) string {
-	t.Helper()
-	name := RandName(prefix)
-	Run(t, "ip", "netns", "add", name)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	Run(t, "ip", "-n", name, "link", "set", "lo", "up")
-	return name
-}
-
-// NetnsPath is the file of a named namespace.
-func NetnsPath(name string) string { return "/var/run/netns/" + name }
-
 // Sleeper is a process alone in a new network namespace: the smallest thing
 // circuit can connect, when a test does not need runc.
 type Sleeper struct {
