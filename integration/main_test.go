@@ -90,14 +90,7 @@ func (c *cli) conf(name, subnet string) string {
 }
 
 func (c *cli) reservations(network string) []string {
-	entries, _ := os.ReadDir(filepath.Join(c.ipam, network))
-	var ips []string
-	for _, e := range entries {
-		if n := e.Name(); n != "lock" && !strings.HasPrefix(n, "last_reserved_ip") {
-			ips = append(ips, n)
-		}
-	}
-	return ips
+	return testutil.Reservations(c.ipam, network)
 }
 
 func (c *cli) pins() []string {

@@ -84,14 +84,7 @@ func (e *env) connect(s *testutil.Sleeper, network string) *controller.Peer {
 
 // reservations lists host-local's reserved addresses on a network.
 func (e *env) reservations(network string) []string {
-	entries, _ := os.ReadDir(filepath.Join(e.ipam, network))
-	var ips []string
-	for _, en := range entries {
-		if n := en.Name(); n != "lock" && !strings.HasPrefix(n, "last_reserved_ip") {
-			ips = append(ips, n)
-		}
-	}
-	return ips
+	return testutil.Reservations(e.ipam, network)
 }
 
 // natRules returns the NAT rules that mention a container ID.

@@ -117,3 +117,17 @@ func Run(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	return run(t, "", name, args...)
 }
+
+// Reservations lists the addresses host-local holds for a network whose
+// ipam dataDir is dataDir: one file per address, beside its lock and
+// last_reserved_ip files.
+func Reservations(dataDir, network string) []string {
+	entries, _ := os.ReadDir(filepath.Join(dataDir, network))
+	var ips []string
+	for _, e := range entries {
+		if n := e.Name(); n != "lock" && !strings.HasPrefix(n, "last_reserved_ip") {
+			ips = append(ips, n)
+		}
+	}
+	return ips
+}
