@@ -20,8 +20,8 @@ pkgs=${VMTEST_PKGS:-./...}                  # packages to test; "none" for none
 run_re=${VMTEST_RUN:-}                      # -test.run regex
 extra_tests=${VMTEST_EXTRA_TESTS:-}         # dir of prebuilt *.test binaries
 circuit_bin=${VMTEST_CIRCUIT_BIN:-}         # prebuilt circuit binary to use
-vm_timeout=${VMTEST_TIMEOUT:-1200}          # seconds for the whole guest run
-test_timeout=${VMTEST_TEST_TIMEOUT:-10m}    # -test.timeout of each binary
+vm_timeout=${VMTEST_TIMEOUT:-1800}          # seconds for the whole guest run
+test_timeout=${VMTEST_TEST_TIMEOUT:-15m}    # -test.timeout of each binary
 cgroup=${VMTEST_CGROUP:-v2}                 # v2 or v1 inside the guest
 guest_env=${VMTEST_GUEST_ENV:-}             # extra K=V (space separated)
 mem=${VMTEST_MEM:-1536}                     # guest memory, MiB
