@@ -12,6 +12,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/containernetworking/cni/libcni"
@@ -82,7 +83,7 @@ func Parse(raw []byte) (*Config, error) {
 		return nil, controller.Errorf(controller.ErrInvalid, "network %s: configuration has no \"cniVersion\"", *head.Name)
 	}
 	if !slices.Contains(SupportedVersions, head.CNIVersion) {
-		return nil, controller.Errorf(controller.ErrInvalid, "network %s: cniVersion %q is not supported (use one of 0.2.0 to 1.1.0)", *head.Name, head.CNIVersion)
+		return nil, controller.Errorf(controller.ErrInvalid, "network %s: cniVersion %q is not supported (use one of %s)", *head.Name, head.CNIVersion, strings.Join(SupportedVersions, ", "))
 	}
 	cfg := &Config{Name: *head.Name, CNIVersion: head.CNIVersion, Raw: raw}
 	_, cfg.IsList = top["plugins"]
