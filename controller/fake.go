@@ -7,12 +7,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/circuit-cni/circuit/internal/ident"
 )
 
 // Fake is an in-memory Controller. It is not test-only code (like knftables'
@@ -107,12 +108,10 @@ func (f *Fake) Closes() int {
 
 func (f *Fake) injected(method string) error { return f.errs[method] }
 
-// nameRE is the CNI spec's rule for network names; services follow it too,
-// which also keeps names usable as path components.
-var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`)
-
+// validName is the CNI spec's rule for network names; services follow it
+// too, which also keeps names usable as path components.
 func validName(kind, name string) error {
-	if !nameRE.MatchString(name) || len(name) > 253 {
+	if !ident.Valid(name, 0, true, "_.-") || len(name) > 253 {
 		return fmt.Errorf("%s name %q: must start with a letter or digit and contain only letters, digits, '_', '.' and '-': %w", kind, name, ErrInvalid)
 	}
 	return nil

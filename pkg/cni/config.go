@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -18,6 +17,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 
 	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/internal/ident"
 )
 
 // MaxConfigSize bounds a configuration file; real ones are a few KiB.
@@ -25,13 +25,6 @@ const MaxConfigSize = 1 << 20
 
 // SupportedVersions are the CNI spec versions circuit accepts.
 var SupportedVersions = []string{"0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"}
-
-var (
-	// Network names become file and kernel object names: keep them tame.
-	nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
-	// Plugin types are looked up as executables in the CNI path: bare names only.
-	typeRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
-)
 
 // Config is a validated network configuration.
 type Config struct {
@@ -45,7 +38,8 @@ type Config struct {
 
 // ValidateName checks a network name.
 func ValidateName(name string) error {
-	if !nameRE.MatchString(name) || name == "." || name == ".." {
+	// Network names become file and kernel object names: keep them tame.
+	if !ident.Valid(name, 63, true, "_.-") {
 		return controller.Errorf(controller.ErrInvalid, "network name %q: use 1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit", name)
 	}
 	return nil
@@ -128,7 +122,8 @@ func validateType(network, t string, index int) error {
 	if t == "" {
 		return controller.Errorf(controller.ErrInvalid, "network %s: %s has no \"type\"", network, where)
 	}
-	if !typeRE.MatchString(t) || t == "." || t == ".." {
+	// Plugin types are looked up as executables in the CNI path: bare names only.
+	if !ident.Valid(t, 128, true, "_.-") {
 		return controller.Errorf(controller.ErrInvalid, "network %s: %s type %q must be a plain plugin name, not a path", network, where, t)
 	}
 	return nil

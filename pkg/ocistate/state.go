@@ -8,9 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/circuit-cni/circuit/internal/ident"
 )
 
 // MaxStateSize bounds what Decode reads: runc's state is a few hundred bytes,
@@ -29,17 +30,14 @@ var (
 	ErrInvalid = errors.New("invalid OCI state")
 )
 
-// idRE is runc's container ID rule (libcontainer's validateID); IDs become
-// path components downstream, so "." and ".." are refused separately, and
-// the length is capped (Go's regexp allows repeats up to 1000 only).
-var idRE = regexp.MustCompile(`^[A-Za-z0-9_+.-]+$`)
-
 // MaxIDLength bounds container IDs.
 const MaxIDLength = 1024
 
-// ValidID reports whether id is an acceptable runc container ID.
+// ValidID reports whether id is an acceptable runc container ID: runc's
+// rule (libcontainer's validateID, letters, digits and _+.-), capped in
+// length; IDs become path components downstream, so "." and ".." are refused.
 func ValidID(id string) bool {
-	return len(id) <= MaxIDLength && idRE.MatchString(id) && id != "." && id != ".."
+	return len(id) <= MaxIDLength && ident.Valid(id, 0, false, "_+.-") && id != "." && id != ".."
 }
 
 // Decode reads one OCI state document from r (at most MaxStateSize bytes)

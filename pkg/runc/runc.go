@@ -8,22 +8,20 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 
 	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/internal/ident"
 )
 
 // DefaultRoot is runc's default --root for root.
 const DefaultRoot = "/run/runc"
 
-// runc accepts these characters in container IDs.
-var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_+.-]*$`)
-
-// ValidID checks a container ID.
+// ValidID checks a container ID: what runc accepts (a letter or digit, then
+// letters, digits and _+.-), without "..".
 func ValidID(id string) error {
-	if len(id) > 1024 || !idRE.MatchString(id) || strings.Contains(id, "..") {
+	if len(id) > 1024 || !ident.Valid(id, 0, true, "_+.-") || strings.Contains(id, "..") {
 		return controller.Errorf(controller.ErrInvalid, "container id %q: use letters, digits, '_', '+', '.' or '-'", id)
 	}
 	return nil

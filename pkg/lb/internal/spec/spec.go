@@ -3,12 +3,12 @@ package spec
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/internal/ident"
 )
 
 // Forwarding methods.
@@ -47,8 +47,6 @@ var Protocols = map[string]uint8{"tcp": 6, "udp": 17, "sctp": 132}
 
 var forwards = []string{ForwardNAT, ForwardDR, ForwardTunnel}
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,63}$`)
-
 // Spec is a validated service.
 type Spec struct {
 	Name        string
@@ -75,7 +73,7 @@ func (s *Spec) Prefix() string { return "lb " + s.Name }
 
 // ValidName checks a service name: it becomes part of kernel object names.
 func ValidName(name string) error {
-	if !nameRE.MatchString(name) {
+	if !ident.Valid(name, 63, false, "_.-") {
 		return controller.Errorf(controller.ErrInvalid, "service name %q: want 1-63 characters of A-Z a-z 0-9 _ . -", name)
 	}
 	return nil
