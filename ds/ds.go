@@ -36,6 +36,9 @@ type Tx interface {
 	ListPeers(network string) ([]controller.Peer, error) // "" lists all networks' peers; sorted
 	PutPeer(p *controller.Peer) error                    // network must exist
 	DeletePeer(network, containerID, ifname string) error
+	// ContainerPeers lists one container's peers on one network (one per
+	// interface, sorted); its cost does not grow with the network's peers.
+	ContainerPeers(network, containerID string) ([]controller.Peer, error)
 
 	GetService(name string) (*controller.Service, error)
 	ListServices() ([]controller.Service, error) // sorted by name

@@ -26,7 +26,7 @@ func (c *Controller) Connect(ctx context.Context, req controller.ConnectRequest)
 }
 
 func (c *Controller) connect(ctx context.Context, req controller.ConnectRequest) (*controller.Peer, error) {
-	n, err := c.network(ctx, req.Network)
+	n, err := c.networkRecord(ctx, req.Network)
 	if err != nil {
 		return nil, err
 	}
@@ -60,7 +60,7 @@ func (c *Controller) connect(ctx context.Context, req controller.ConnectRequest)
 	}
 	// Record intent first: a crash from here on leaves a record gc finishes.
 	err = c.store.Update(ctx, func(tx ds.Tx) error {
-		peers, err := tx.ListPeers(n.Name)
+		peers, err := tx.ContainerPeers(n.Name, p.ContainerID)
 		if err != nil {
 			return err
 		}
@@ -107,12 +107,15 @@ func (c *Controller) connect(ctx context.Context, req controller.ConnectRequest)
 		return nil, fmt.Errorf("CNI ADD: %w", err)
 	}
 	p.IPs, p.MAC, p.HostIf = res.IPs, res.MAC, res.HostIf
-	if mac, peer, err := netns.LinkInfo(p.Netns, p.IfName, netns.ProcPath(os.Getpid())); err == nil {
-		if p.MAC == "" {
-			p.MAC = mac
-		}
-		if p.HostIf == "" {
-			p.HostIf = peer
+	// Older results (0.2.0) and some plugins leave these out: ask the kernel.
+	if p.MAC == "" || p.HostIf == "" {
+		if mac, peer, err := netns.LinkInfo(p.Netns, p.IfName, netns.ProcPath(os.Getpid())); err == nil {
+			if p.MAC == "" {
+				p.MAC = mac
+			}
+			if p.HostIf == "" {
+				p.HostIf = peer
+			}
 		}
 	}
 	if err := c.applyPeerQoS(ctx, n, p); err != nil {
@@ -167,25 +170,13 @@ func (c *Controller) Disconnect(ctx context.Context, req controller.DisconnectRe
 }
 
 func (c *Controller) disconnect(ctx context.Context, req controller.DisconnectRequest) error {
-	n, err := c.network(ctx, req.Network)
+	n, err := c.networkRecord(ctx, req.Network)
 	if err != nil {
 		return err
 	}
-	var match []controller.Peer
-	for _, p := range n.Peers {
-		if (p.ContainerID == req.Container || fmt.Sprint(p.PID) == req.Container) && (req.IfName == "" || p.IfName == req.IfName) {
-			match = append(match, p)
-		}
-	}
-	if len(match) == 0 {
-		// A live runc container may be named by an ID recorded under its PID.
-		if ctr, err := runc.Resolve(c.cfg.RuncRoot, req.Container); err == nil {
-			for _, p := range n.Peers {
-				if p.ContainerID == ctr.ID && (req.IfName == "" || p.IfName == req.IfName) {
-					match = append(match, p)
-				}
-			}
-		}
+	match, err := c.findPeers(ctx, n.Name, req.Container, req.IfName)
+	if err != nil {
+		return err
 	}
 	switch {
 	case len(match) == 0:
@@ -194,6 +185,43 @@ func (c *Controller) disconnect(ctx context.Context, req controller.DisconnectRe
 		return controller.Errorf(controller.ErrInvalid, "container %s has %d interfaces on network %s; choose one with --ifname", req.Container, len(match), req.Network)
 	}
 	return c.detach(ctx, n, &match[0])
+}
+
+// findPeers finds a container's peers on a network without reading the
+// other peers: by the name given when it is the recorded ID, else by the
+// ID the live container or process resolves to ("pid-<pid>-<start>" for a
+// plain process). Only a PID whose process is gone costs a scan.
+func (c *Controller) findPeers(ctx context.Context, network, container, ifname string) ([]controller.Peer, error) {
+	var match []controller.Peer
+	keep := func(peers []controller.Peer, ok func(controller.Peer) bool) {
+		for _, p := range peers {
+			if ok(p) && (ifname == "" || p.IfName == ifname) {
+				match = append(match, p)
+			}
+		}
+	}
+	err := c.store.View(ctx, func(tx ds.Tx) error {
+		lookup := func(id string) error {
+			peers, err := tx.ContainerPeers(network, id)
+			keep(peers, func(controller.Peer) bool { return true })
+			return err
+		}
+		if runc.ValidID(container) == nil {
+			if err := lookup(container); err != nil || len(match) > 0 {
+				return err
+			}
+		}
+		if ctr, err := runc.Resolve(c.cfg.RuncRoot, container); err == nil && ctr.ID != container {
+			if err := lookup(ctr.ID); err != nil || len(match) > 0 {
+				return err
+			}
+		}
+		// A PID whose process is gone: only the records know it.
+		peers, err := tx.ListPeers(network)
+		keep(peers, func(p controller.Peer) bool { return fmt.Sprint(p.PID) == container })
+		return err
+	})
+	return match, err
 }
 
 // detach undoes one attachment: QoS, CNI DEL (against the pin while the

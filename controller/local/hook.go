@@ -64,9 +64,9 @@ func (c *Controller) hookStart(ctx context.Context, req controller.HookRequest) 
 func (c *Controller) alreadyConnected(ctx context.Context, network, id string, pid int) bool {
 	found := false
 	c.store.View(ctx, func(tx ds.Tx) error {
-		peers, err := tx.ListPeers(network)
+		peers, err := tx.ContainerPeers(network, id)
 		for _, p := range peers {
-			if p.ContainerID == id && p.PID == pid && p.State == controller.PeerConnected {
+			if p.PID == pid && p.State == controller.PeerConnected {
 				found = true
 			}
 		}
@@ -127,14 +127,21 @@ func sameJSON(a, b []byte) bool {
 // never deletes a network and succeeds when there is nothing to do.
 func (c *Controller) hookStop(ctx context.Context, req controller.HookRequest) (*controller.HookResult, error) {
 	var peers []controller.Peer
+	// Network by network, so the cost follows the container's attachments,
+	// not every peer on the host.
 	err := c.store.View(ctx, func(tx ds.Tx) error {
-		all, err := tx.ListPeers("")
-		for _, p := range all {
-			if p.ContainerID == req.ID {
-				peers = append(peers, p)
-			}
+		networks, err := tx.ListNetworks()
+		if err != nil {
+			return err
 		}
-		return err
+		for _, n := range networks {
+			mine, err := tx.ContainerPeers(n.Name, req.ID)
+			if err != nil {
+				return err
+			}
+			peers = append(peers, mine...)
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("hook %s: %w", req.ID, err)
@@ -142,7 +149,7 @@ func (c *Controller) hookStop(ctx context.Context, req controller.HookRequest) (
 	res := &controller.HookResult{}
 	var errs []error
 	for _, p := range peers {
-		n, err := c.network(ctx, p.Network)
+		n, err := c.networkRecord(ctx, p.Network)
 		if err == nil {
 			err = c.detach(ctx, n, &p)
 		}

@@ -77,6 +77,22 @@ func (c *Controller) InspectNetwork(ctx context.Context, name string) (*controll
 }
 
 // network reads one network with its peers.
+// networkRecord is a network without its peers: what connecting or
+// disconnecting one container needs, at a cost that does not grow with the
+// peers already attached.
+func (c *Controller) networkRecord(ctx context.Context, name string) (*controller.Network, error) {
+	if err := cni.ValidateName(name); err != nil {
+		return nil, err
+	}
+	var n *controller.Network
+	err := c.store.View(ctx, func(tx ds.Tx) error {
+		var err error
+		n, err = tx.GetNetwork(name)
+		return err
+	})
+	return n, err
+}
+
 func (c *Controller) network(ctx context.Context, name string) (*controller.Network, error) {
 	if err := cni.ValidateName(name); err != nil {
 		return nil, err

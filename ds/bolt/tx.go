@@ -148,6 +148,34 @@ func (t *tx) ListPeers(network string) ([]controller.Peer, error) {
 	return peers, err
 }
 
+// ContainerPeers returns one container's attachments to one network.
+func (t *tx) ContainerPeers(network, containerID string) ([]controller.Peer, error) {
+	if err := validName("network", network); err != nil {
+		return nil, err
+	}
+	if err := validName("container ID", containerID); err != nil {
+		return nil, err
+	}
+	nb := t.network(network)
+	if nb == nil {
+		return nil, notFound("network %q", network)
+	}
+	peers := []controller.Peer{}
+	cb := peerBucket(nb, containerID)
+	if cb == nil {
+		return peers, nil
+	}
+	err := cb.ForEach(func(ifname, v []byte) error {
+		var p controller.Peer
+		if err := decode(v, &p, "peer %q", peerName(network, containerID, string(ifname))); err != nil {
+			return err
+		}
+		peers = append(peers, p)
+		return nil
+	})
+	return peers, err
+}
+
 // PutPeer creates or replaces an attachment on an existing network.
 func (t *tx) PutPeer(p *controller.Peer) error {
 	if p == nil {

@@ -223,6 +223,49 @@ func TestPeerRoundTripAndSortedLists(t *testing.T) {
 	equal(t, "ListNetworks names", names, []string{"alpha", "beta", "gamma"})
 }
 
+// ContainerPeers answers for one container without reading the others,
+// and knows a missing network from a container with no interface there.
+func TestContainerPeers(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	update(t, s, func(tx ds.Tx) error {
+		for _, name := range []string{"alpha", "beta"} {
+			if err := tx.PutNetwork(testNetwork(name)); err != nil {
+				return err
+			}
+		}
+		for _, k := range [][3]string{{"alpha", "c1", "eth1"}, {"alpha", "c1", "eth0"}, {"alpha", "c2", "eth0"}, {"beta", "c1", "eth0"}} {
+			if err := tx.PutPeer(testPeer(k[0], k[1], k[2])); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	var c1, none []controller.Peer
+	var missing, invalid error
+	view(t, s, func(tx ds.Tx) error {
+		var err error
+		if c1, err = tx.ContainerPeers("alpha", "c1"); err != nil {
+			return err
+		}
+		if none, err = tx.ContainerPeers("beta", "c2"); err != nil {
+			return err
+		}
+		_, missing = tx.ContainerPeers("gamma", "c1")
+		_, invalid = tx.ContainerPeers("alpha", "../c1")
+		return nil
+	})
+	equal(t, `ContainerPeers("alpha", "c1")`, c1, []controller.Peer{*testPeer("alpha", "c1", "eth0"), *testPeer("alpha", "c1", "eth1")})
+	if none == nil || len(none) != 0 {
+		t.Errorf(`ContainerPeers("beta", "c2") = %#v, want an empty non-nil slice`, none)
+	}
+	if !errors.Is(missing, controller.ErrNotFound) {
+		t.Errorf(`ContainerPeers on a missing network: %v, want ErrNotFound`, missing)
+	}
+	if !errors.Is(invalid, controller.ErrInvalid) {
+		t.Errorf(`ContainerPeers with container ID "../c1": %v, want ErrInvalid`, invalid)
+	}
+}
+
 func TestServiceRoundTripAndSortedList(t *testing.T) {
 	s := openStore(t, t.TempDir())
 	update(t, s, func(tx ds.Tx) error {
