@@ -43,7 +43,14 @@ const iperfTimeout = 20 * time.Second
 // It returns an error instead of failing the test so that several
 // measurements can run at once from goroutines.
 func Iperf(pid int, addr string, reverse bool) (float64, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), iperfTimeout)
+	return IperfFor(pid, addr, reverse, IperfSeconds, 0)
+}
+
+// IperfFor is Iperf sending for seconds, of which the first omit are left
+// out of the result (iperf3 -O: TCP slow start and a shaper's initial
+// burst are not the steady rate).
+func IperfFor(pid int, addr string, reverse bool, seconds, omit int) (float64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), iperfTimeout+time.Duration(seconds+omit)*time.Second)
 	defer cancel()
 
 	port, err := freePort(addr)
@@ -69,7 +76,7 @@ func Iperf(pid int, addr string, reverse bool) (float64, error) {
 	}
 
 	args := []string{"-t", strconv.Itoa(pid), "-n", IperfBin,
-		"-c", addr, "-p", strconv.Itoa(port), "-t", strconv.Itoa(IperfSeconds), "-J", "--connect-timeout", "3000"}
+		"-c", addr, "-p", strconv.Itoa(port), "-t", strconv.Itoa(seconds), "-O", strconv.Itoa(omit), "-J", "--connect-timeout", "3000"}
 	if reverse {
 		args = append(args, "-R")
 	}

@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"runtime"
@@ -51,24 +52,35 @@ func spawn(cmd *exec.Cmd) error {
 // kills it when the test ends (or the test process dies).
 func NewSleeper(t testing.TB) *Sleeper {
 	t.Helper()
+	s, err := StartSleeper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Kill)
+	return s
+}
+
+// StartSleeper is NewSleeper for programs that are not tests (the
+// benchmarks): the caller kills the sleeper.
+func StartSleeper() (*Sleeper, error) {
 	cmd := exec.Command(Busybox(), "sleep", "3600")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET, Pdeathsig: syscall.SIGKILL}
 	if err := spawn(cmd); err != nil {
-		t.Fatalf("start sleeper: %v", err)
+		return nil, fmt.Errorf("start sleeper: %w", err)
 	}
 	s := &Sleeper{Cmd: cmd, PID: cmd.Process.Pid}
-	t.Cleanup(s.Kill)
 	// Wait until the process has its own namespace.
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		a, _ := os.Readlink("/proc/self/ns/net")
 		b, _ := os.Readlink("/proc/" + strconv.Itoa(s.PID) + "/ns/net")
 		if b != "" && a != b {
-			break
+			return s, nil
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	return s
+	s.Kill()
+	return nil, fmt.Errorf("sleeper %d did not get a network namespace of its own", s.PID)
 }
 
 // Kill ends the process and reaps it.
