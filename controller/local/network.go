@@ -81,26 +81,22 @@ func (c *Controller) InspectNetwork(ctx context.Context, name string) (*controll
 // disconnecting one container needs, at a cost that does not grow with the
 // peers already attached.
 func (c *Controller) networkRecord(ctx context.Context, name string) (*controller.Network, error) {
-	if err := cni.ValidateName(name); err != nil {
-		return nil, err
-	}
-	var n *controller.Network
-	err := c.store.View(ctx, func(tx ds.Tx) error {
-		var err error
-		n, err = tx.GetNetwork(name)
-		return err
-	})
-	return n, err
+	return c.readNetwork(ctx, name, false)
 }
 
+// network is a network with all its peers, read in one transaction.
 func (c *Controller) network(ctx context.Context, name string) (*controller.Network, error) {
+	return c.readNetwork(ctx, name, true)
+}
+
+func (c *Controller) readNetwork(ctx context.Context, name string, peers bool) (*controller.Network, error) {
 	if err := cni.ValidateName(name); err != nil {
 		return nil, err
 	}
 	var n *controller.Network
 	err := c.store.View(ctx, func(tx ds.Tx) error {
 		var err error
-		if n, err = tx.GetNetwork(name); err != nil {
+		if n, err = tx.GetNetwork(name); err != nil || !peers {
 			return err
 		}
 		n.Peers, err = tx.ListPeers(name)
