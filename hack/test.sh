@@ -39,6 +39,22 @@ fi
 echo "== fuzzing (bounded)"
 hack/fuzz.sh || status=1
 
+# The benchmark's numbers are not checked here; that it still runs is.
+bench_pass=0 bench_fail=0
+if [ "$(id -u)" = 0 ]; then
+	echo "== benchmark smoke run (bin/bench -smoke)"
+	blog=$(dirname "$log")/bench.log
+	if CGO_ENABLED=0 go build -o bin/bench ./hack/bench && bin/bench -smoke -out "$(dirname "$log")/bench/benchmarks.md" >"$blog" 2>&1; then
+		bench_pass=1
+		grep -A12 '^## Targets' "$blog" | sed 's/^/   /'
+	else
+		bench_fail=1
+		status=1
+		echo "-- the benchmark failed:"
+		tail -30 "$blog"
+	fi
+fi
+
 vm_pass=0 vm_fail=0
 if [ "${SKIP_VM:-}" = 1 ]; then
 	echo "vmtest: skipped (SKIP_VM=1)"
@@ -53,6 +69,6 @@ else
 	[ -n "$line" ] || { vm_fail=1; status=1; }
 fi
 
-[ $status = 0 ] || [ $((host_fail + vm_fail)) -gt 0 ] || host_fail=1
-echo "test: $((host_pass + vm_pass)) passed, $((host_fail + vm_fail)) failed"
+[ $status = 0 ] || [ $((host_fail + vm_fail + bench_fail)) -gt 0 ] || host_fail=1
+echo "test: $((host_pass + vm_pass + bench_pass)) passed, $((host_fail + vm_fail + bench_fail)) failed"
 exit $status

@@ -48,8 +48,9 @@ func Iperf(pid int, addr string, reverse bool) (float64, error) {
 
 // IperfFor is Iperf sending for seconds, of which the first omit are left
 // out of the result (iperf3 -O: TCP slow start and a shaper's initial
-// burst are not the steady rate).
-func IperfFor(pid int, addr string, reverse bool, seconds, omit int) (float64, error) {
+// burst are not the steady rate), with more client flags in extra (such
+// as "-u", "-b", "2M" for UDP at 2 Mbit/s).
+func IperfFor(pid int, addr string, reverse bool, seconds, omit int, extra ...string) (float64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), iperfTimeout+time.Duration(seconds+omit)*time.Second)
 	defer cancel()
 
@@ -80,6 +81,7 @@ func IperfFor(pid int, addr string, reverse bool, seconds, omit int) (float64, e
 	if reverse {
 		args = append(args, "-R")
 	}
+	args = append(args, extra...)
 	cli := exec.CommandContext(ctx, "nsenter", args...)
 	var out, stderr bytes.Buffer
 	cli.Stdout, cli.Stderr = &out, &stderr
