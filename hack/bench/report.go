@@ -133,8 +133,8 @@ func (r *report) targets(p printer) {
 		first, last := s.ends()
 		growth := last.circuit / first.circuit
 		row(fmt.Sprintf("connect with %d peers vs the first, %s", len(s.connect), s.shape), "within 20%", fmt.Sprintf("%s ms vs %s ms: %+.0f%% (the plugin by hand: %+.0f%%)", f(last.circuit), f(first.circuit), (growth-1)*100, (last.plugin/first.plugin-1)*100), growth <= 1.2)
-		share := (last.circuit - last.plugin) / (first.circuit - first.plugin)
-		row(fmt.Sprintf("circuit's share of it (connect minus the plugin's ADD), %s", s.shape), "within 20%", fmt.Sprintf("%s ms vs %s ms: %+.0f%%", f(last.circuit-last.plugin), f(first.circuit-first.plugin), (share-1)*100), share <= 1.2)
+		share := last.share / first.share
+		row(fmt.Sprintf("circuit's share of it (connect minus the plugin's ADD), %s", s.shape), "within 20%", fmt.Sprintf("%s ms vs %s ms: %+.0f%%", f(last.share), f(first.share), (share-1)*100), share <= 1.2)
 	}
 	if l := r.lb; l != nil && len(l.points) > 1 {
 		lo, hi := l.points[0], l.points[len(l.points)-1]
@@ -211,14 +211,19 @@ func (r *report) stormSection(p printer) {
 }
 
 // scaleEnds is the median connect time at the start and at the end of the
-// scale run (a window of 10% of the peers, at least 5).
-type scaleEnds struct{ circuit, plugin float64 }
+// scale run (a window of 10% of the peers, at least 5), and circuit's share:
+// the median of the differences of each pair measured back to back.
+type scaleEnds struct{ circuit, plugin, share float64 }
 
 func (s *scaleResult) ends() (first, last scaleEnds) {
 	w := max(5, len(s.connect)/10)
 	w = min(w, len(s.connect))
 	n := len(s.connect)
-	return scaleEnds{s.connect[:w].median(), s.add[:w].median()}, scaleEnds{s.connect[n-w:].median(), s.add[n-w:].median()}
+	at := func(lo, hi int) scaleEnds {
+		c, a := s.connect[lo:hi], s.add[lo:hi]
+		return scaleEnds{c.median(), a.median(), paired(c, a, minus).median()}
+	}
+	return at(0, w), at(n-w, n)
 }
 
 func (r *report) scaleSection(p printer) {
@@ -229,7 +234,7 @@ func (r *report) scaleSection(p printer) {
 	w := min(max(5, len(s0.connect)/10), len(s0.connect))
 	p("## 4. Scale: %d peers on one network", s0.peers)
 	p("")
-	p("Peers attached one at a time to one circuit network and, in step, to a network driven by the plugin alone (each on its own bridge or macvlan master and /22): first with the README's bridge, whose plugin does more work as containers accumulate (a masquerade chain per container, bridge ports), then with macvlan, whose plugin does not. \"First\" and \"last\" are the medians of the first and last %d attachments; circuit's share is the difference of the two medians.", w)
+	p("Peers attached one at a time to one circuit network and, in step, to a network driven by the plugin alone (each on its own bridge or macvlan master and /22): first with the README's bridge, whose plugin does more work as containers accumulate (a masquerade chain per container, bridge ports), then with macvlan, whose plugin does not. \"First\" and \"last\" are the medians of the first and last %d attachments; circuit's share is the median, over the same attachments, of circuit's connect minus the plugin's ADD measured right before or after it.", w)
 	p("")
 	p("| network | operation | first | last | change |")
 	p("| --- | --- | --- | --- | --- |")
@@ -240,7 +245,7 @@ func (r *report) scaleSection(p printer) {
 		first, last := s.ends()
 		p("| %s | `circuit network connect` | %s ms | %s ms | %+.0f%% |", s.shape, f(first.circuit), f(last.circuit), (last.circuit/first.circuit-1)*100)
 		p("| %s | plugin ADD by hand | %s ms | %s ms | %+.0f%% |", s.shape, f(first.plugin), f(last.plugin), (last.plugin/first.plugin-1)*100)
-		p("| %s | circuit's share | %s ms | %s ms | |", s.shape, f(first.circuit-first.plugin), f(last.circuit-last.plugin))
+		p("| %s | circuit's share | %s ms | %s ms | %+.0f%% |", s.shape, f(first.share), f(last.share), (last.share/first.share-1)*100)
 	}
 	p("")
 	p("With %d peers (bridge): `network list` %s ms, `network inspect` %s ms (medians of 10; `list` peaks at %s); the datastore is %s. Disconnecting every peer, 8 at a time, took %s.",
