@@ -133,6 +133,10 @@ func (r *report) targets(p printer) {
 		first, last := s.ends()
 		growth := last.circuit / first.circuit
 		row(fmt.Sprintf("connect with %d peers vs the first, %s", len(s.connect), s.shape), "within 20%", fmt.Sprintf("%s ms vs %s ms: %+.0f%% (the plugin by hand: %+.0f%%)", f(last.circuit), f(first.circuit), (growth-1)*100, (last.plugin/first.plugin-1)*100), growth <= 1.2)
+		if first.share <= 0 {
+			p("| circuit's share of it (connect minus the plugin's ADD), %s | within 20%% | %s ms vs %s ms: the plugin's noise is larger than the share | - |", s.shape, f(last.share), f(first.share))
+			continue
+		}
 		share := last.share / first.share
 		row(fmt.Sprintf("circuit's share of it (connect minus the plugin's ADD), %s", s.shape), "within 20%", fmt.Sprintf("%s ms vs %s ms: %+.0f%%", f(last.share), f(first.share), (share-1)*100), share <= 1.2)
 	}
