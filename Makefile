@@ -40,7 +40,7 @@ demo: deps build cni
 	hack/demo.sh
 
 # Measures circuit against the plugins, plain runc and a full nftables
-# rewrite, and rewrites docs/benchmarks.md (hack/bench). Root; takes ~10 min.
+# rewrite, and rewrites docs/benchmarks.md (hack/bench). Root; takes ~12 min.
 bench: deps build cni
 	go build -o bin/bench ./hack/bench
 	bin/bench -out docs/benchmarks.md
