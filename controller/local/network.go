@@ -76,7 +76,6 @@ func (c *Controller) InspectNetwork(ctx context.Context, name string) (*controll
 	return n, nil
 }
 
-// network reads one network with its peers.
 // networkRecord is a network without its peers: what connecting or
 // disconnecting one container needs, at a cost that does not grow with the
 // peers already attached.
