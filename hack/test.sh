@@ -36,8 +36,9 @@ if [ "$(id -u)" = 0 ] && [ "$host_skip" -gt 0 ]; then
 	grep -B1 -E '^--- SKIP' "$log" | grep -vE '^(--|--- SKIP|=== )' | sed 's/^ */   /' | sort | uniq -c | head -20
 fi
 
-echo "== fuzzing (bounded)"
+echo "== fuzzing (bounded by executions)"
 hack/fuzz.sh || status=1
+hack/fuzzcheck.sh || status=1
 
 # The benchmark's numbers are not checked here; that it still runs is.
 bench_pass=0 bench_fail=0

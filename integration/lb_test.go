@@ -320,7 +320,7 @@ func hostRequests(t *testing.T, addr string, n int) map[string]int {
 	t.Helper()
 	got := map[string]int{}
 	for i := range n {
-		body, err := testutil.HTTPGet("http://"+addr+"/", 2*time.Second)
+		body, err := testutil.HTTPGet("http://"+addr+"/", 10*time.Second)
 		if err != nil {
 			t.Fatalf("request %d of %d to %s from the host: %v (so far %v)", i+1, n, addr, err, got)
 		}
@@ -333,7 +333,8 @@ func hostRequests(t *testing.T, addr string, n int) map[string]int {
 // wget crashes here) and returns the body.
 func ncRequest(ctr *testutil.Container, addr, path string) (string, error) {
 	host, port, _ := strings.Cut(addr, ":")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// A backstop for a hung runc exec; nc itself gives up after 2s.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	script := fmt.Sprintf(`printf 'GET %s HTTP/1.0\r\n\r\n' | nc -w 2 %s %s`, path, host, port)
 	out, err := exec.CommandContext(ctx, "runc", "--root", ctr.Bundle.Root, "exec", ctr.ID, "sh", "-c", script).CombinedOutput()
@@ -437,7 +438,7 @@ func TestLBRuncHTTPD(t *testing.T) {
 			t.Fatalf("container %s got %s, not in 10.220.50.0/24", s.ctr.ID, s.ip)
 		}
 		// Directly, each answers with its own page.
-		if body := testutil.WaitHTTP(t, "http://"+s.ip+"/", 10*time.Second); body != s.page {
+		if body := testutil.WaitHTTP(t, "http://"+s.ip+"/", 60*time.Second); body != s.page {
 			t.Fatalf("%s answered %q, want %q", s.ip, body, s.page)
 		}
 	}
@@ -497,7 +498,7 @@ func TestLBRuncHTTPD(t *testing.T) {
 	}
 	t.Logf("hairpin replies go through %s", path)
 	for i := range 2 { // rr: once to each target
-		if seen, err := testutil.HTTPGet("http://"+vipRR+"/cgi-bin/ip", 2*time.Second); err != nil || unmap(seen) != hostSrc {
+		if seen, err := testutil.HTTPGet("http://"+vipRR+"/cgi-bin/ip", 10*time.Second); err != nil || unmap(seen) != hostSrc {
 			t.Errorf("host request %d: target saw %q (%v), want the host's own %s", i+1, seen, err, hostSrc)
 		}
 		if seen, err := ncRequest(cl, vipRR, "/cgi-bin/ip"); err != nil || unmap(seen) != wantClient {

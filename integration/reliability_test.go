@@ -334,12 +334,12 @@ func TestReliabilityKilledConnectsGC(t *testing.T) {
 	orphans := relPluginsWorking(c.state)
 	out := c.must("gc")
 	t.Logf("%d CNI plugins orphaned; gc while they run:\n%s", orphans, out)
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(time.Minute) // a backstop: they end on their own
 	for relPluginsWorking(c.state) > 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if w := relPluginsWorking(c.state); w > 0 {
-		t.Fatalf("%d CNI plugins still running 10s after their circuit was killed", w)
+		t.Fatalf("%d CNI plugins still running a minute after their circuit was killed", w)
 	}
 	// The datastore survived: it opens and lists.
 	c.must("network", "list")

@@ -70,7 +70,7 @@ func StartSleeper() (*Sleeper, error) {
 	}
 	s := &Sleeper{Cmd: cmd, PID: cmd.Process.Pid}
 	// Wait until the process has its own namespace.
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(time.Minute) // a backstop: unshare takes milliseconds
 	for time.Now().Before(deadline) {
 		a, _ := os.Readlink("/proc/self/ns/net")
 		b, _ := os.Readlink("/proc/" + strconv.Itoa(s.PID) + "/ns/net")

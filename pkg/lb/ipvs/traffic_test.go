@@ -98,9 +98,10 @@ func TestIPVSTraffic(t *testing.T) {
 				if got := lbtest.Tally(c, u, 20); got["a"] != 10 || got["b"] != 10 {
 					t.Fatalf("rr over 20 requests: %v, want a:10 b:10", got)
 				}
-				// IPVS folds its per-CPU counters every 2s: wait for them.
+				// IPVS folds its per-CPU counters every 2s: wait for them (the
+				// minute is a backstop; the VM tier emulates its CPUs).
 				var st *controller.ServiceStatus
-				for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+				for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
 					var err error
 					st, err = b.Stats(svc)
 					must(t, err)

@@ -35,7 +35,8 @@ func (n *NS) Serve(t testing.TB, addr, name string) {
 // Client is an HTTP client whose connections start in n, one connection
 // per request (so each request is a new connection to schedule).
 func (n *NS) Client(src string) *http.Client {
-	d := &net.Dialer{Timeout: 3 * time.Second}
+	// Backstops for a lost answer, far above any answer on a loaded machine.
+	d := &net.Dialer{Timeout: 10 * time.Second}
 	if src != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
 	}
@@ -49,7 +50,7 @@ func (n *NS) Client(src string) *http.Client {
 		return c, err
 	}
 	return &http.Client{
-		Timeout:   5 * time.Second,
+		Timeout:   20 * time.Second,
 		Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true},
 	}
 }
