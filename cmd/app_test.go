@@ -16,14 +16,16 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/controller/fake"
 )
 
 // harness runs the CLI in-process against a Fake, with its own environment
 // and streams, so tests run in parallel.
 type harness struct {
 	t        *testing.T
-	fake     *controller.Fake
+	fake     *fake.Fake
 	env      map[string]string
 	stdin    string
 	terminal bool
@@ -38,7 +40,7 @@ func newHarness(t *testing.T) *harness {
 	t.Helper()
 	return &harness{
 		t:    t,
-		fake: controller.NewFake(),
+		fake: fake.New(),
 		// Never the real /var/lib/circuit: hook mode writes a log there.
 		env:  map[string]string{"CIRCUIT_STATE": t.TempDir(), "PATH": "/usr/bin:/bin"},
 		self: "/usr/local/bin/circuit",
@@ -158,12 +160,13 @@ shell               bridge              0.2.0               10.30.30.2 (19022)
 
 	h.expect("qos configured for sandbox\n", "network", "qos", "set", "--rate", "5000", "--ceiling", "6000", "sandbox")
 	n, _ := h.fake.InspectNetwork(ctx, "sandbox")
-	if want := (&controller.QoSPolicy{Rate: 5_000_000, Ceiling: 6_000_000}); !reflect.DeepEqual(n.QoS, want) {
+	if want := (&api.QoSPolicy{Rate: 5_000_000, Ceiling: 6_000_000}); !reflect.DeepEqual(n.QoS, want) {
 		t.Errorf("qos after set --rate 5000 --ceiling 6000: %+v, want %+v", n.QoS, want)
 	}
 	h.expect("qos configured for sandbox\n", "network", "qos", "set", "--delay", "50ms", "sandbox")
 	n, _ = h.fake.InspectNetwork(ctx, "sandbox")
-	if want := (&controller.QoSPolicy{Delay: 50 * time.Millisecond}); !reflect.DeepEqual(n.QoS, want) {
+	// --delay keeps the rate pair (README: "a second qos set changes what it names").
+	if want := (&api.QoSPolicy{Rate: 5_000_000, Ceiling: 6_000_000, Delay: 50 * time.Millisecond}); !reflect.DeepEqual(n.QoS, want) {
 		t.Errorf("qos after set --delay 50ms: %+v, want %+v", n.QoS, want)
 	}
 	h.expect("qos reset for sandbox\n", "network", "qos", "reset", "sandbox")
@@ -217,42 +220,42 @@ func TestErrors(t *testing.T) {
 		{[]string{"network", "create"}, 2, "circuit: network create: missing arguments: want FILE|-"},
 		{[]string{"network", "create", "/no/such/file.conf"}, 1, "circuit: read /no/such/file.conf: no such file or directory"},
 		{[]string{"network", "create", t.TempDir()}, 1, "not a regular file"},
-		{[]string{"network", "inspect", "nope"}, 1, `circuit: network "nope": not found`},
+		{[]string{"network", "inspect", "nope"}, 1, `circuit: inspect network nope: network "nope": not found`},
 		{[]string{"network", "connect", "4668"}, 2, "circuit: network connect: missing arguments: want CONTAINER NETWORK"},
-		{[]string{"network", "connect", "4668", "nope"}, 1, `circuit: network "nope": not found`},
-		{[]string{"network", "connect", "4668", "busy"}, 1, `circuit: container "4668" is already connected to network "busy": already exists`},
+		{[]string{"network", "connect", "4668", "nope"}, 1, `circuit: connect 4668 to nope: network "nope": not found`},
+		{[]string{"network", "connect", "4668", "busy"}, 1, `circuit: connect 4668 to busy: container 4668 is already connected to network busy (as eth0)`},
 		{[]string{"network", "connect", "1", "2", "3"}, 2, "circuit: network connect: too many arguments: want CONTAINER NETWORK, got 3"},
-		{[]string{"network", "disconnect", "1", "sandbox"}, 1, `circuit: container "1" on network "sandbox": not found`},
-		{[]string{"network", "delete", "nope"}, 1, `circuit: network "nope": not found`},
+		{[]string{"network", "disconnect", "1", "sandbox"}, 1, `circuit: disconnect 1 from sandbox: container 1 is not connected to network sandbox`},
+		{[]string{"network", "delete", "nope"}, 1, `circuit: delete network nope: network "nope": not found`},
 		{[]string{"network", "delete", "busy"}, 1, "in use"},
-		{[]string{"network", "qos", "set", "sandbox"}, 2, "circuit: network qos set: nothing to set: give at least one of --rate, --ceiling, --delay, --jitter, --loss"},
+		{[]string{"network", "qos", "set", "sandbox"}, 2, "circuit: network qos set: invalid qos policy: give at least one of rate, ceiling, delay, jitter or loss"},
 		{[]string{"network", "qos", "set", "--rate", "fast", "sandbox"}, 2, `circuit: network qos set: --rate: invalid rate "fast"`},
-		{[]string{"network", "qos", "set", "--ceiling", "6000", "sandbox"}, 2, "circuit: network qos set: --ceiling needs --rate"},
-		{[]string{"network", "qos", "set", "--rate", "6000", "--ceiling", "5000", "sandbox"}, 2, "circuit: network qos set: --ceiling 5mbit is below --rate 6mbit"},
-		{[]string{"network", "qos", "set", "--jitter", "5ms", "sandbox"}, 2, "circuit: network qos set: --jitter needs --delay"},
+		{[]string{"network", "qos", "set", "--ceiling", "6000", "sandbox"}, 2, "circuit: network qos set: invalid qos policy: a ceiling needs a rate"},
+		{[]string{"network", "qos", "set", "--rate", "6000", "--ceiling", "5000", "sandbox"}, 2, "circuit: network qos set: invalid qos policy: ceiling 5mbit is below rate 6mbit"},
+		{[]string{"network", "qos", "set", "--jitter", "5ms", "sandbox"}, 2, "circuit: network qos set: invalid qos policy: jitter needs a delay"},
 		{[]string{"network", "qos", "set", "--loss", "120%", "sandbox"}, 2, "--loss: invalid percentage"},
 		{[]string{"network", "qos", "set", "--delay", "soon", "sandbox"}, 2, "--delay: invalid duration"},
-		{[]string{"network", "qos", "set", "--rate", "1", "--direction", "up", "sandbox"}, 2, `circuit: network qos set: --direction "up": want one of egress, ingress, both`},
-		{[]string{"network", "qos", "set", "--rate", "5000", "nope"}, 1, `circuit: network "nope": not found`},
-		{[]string{"network", "qos", "set", "--rate", "5000", "--container", "9", "sandbox"}, 1, "not found"},
-		{[]string{"network", "qos", "reset", "nope"}, 1, `circuit: network "nope": not found`},
-		{[]string{"network", "qos", "show", "nope"}, 1, `circuit: network "nope": not found`},
+		{[]string{"network", "qos", "set", "--rate", "1", "--direction", "up", "sandbox"}, 2, `circuit: network qos set: invalid qos policy: direction "up": use egress, ingress or both`},
+		{[]string{"network", "qos", "set", "--rate", "5000", "nope"}, 1, `circuit: qos set nope: network "nope": not found`},
+		{[]string{"network", "qos", "set", "--rate", "5000", "--container", "9", "sandbox"}, 1, "container 9 is not connected to network sandbox"},
+		{[]string{"network", "qos", "reset", "nope"}, 1, `circuit: qos reset nope: network "nope": not found`},
+		{[]string{"network", "qos", "show", "nope"}, 1, `circuit: qos show nope: network "nope": not found`},
 		{[]string{"lb", "create", "demo"}, 2, "circuit: lb create: missing arguments: want NAME ADDR:PORT"},
-		{[]string{"lb", "create", "demo", "192.168.100.235:80"}, 1, `circuit: service "demo": already exists`},
-		{[]string{"lb", "create", "x", "1.2.3.4:80", "--protocol", "icmp"}, 2, `circuit: lb create: --protocol "icmp": want one of tcp, udp, sctp`},
-		{[]string{"lb", "create", "x", "1.2.3.4:80", "--backend", "lvs"}, 2, `--backend "lvs"`},
+		{[]string{"lb", "create", "demo", "192.168.100.235:80"}, 1, `circuit: lb create demo: service demo already exists`},
+		{[]string{"lb", "create", "x", "1.2.3.4:80", "--protocol", "icmp"}, 2, `circuit: lb create: --protocol: protocol "icmp": want one of tcp, udp, sctp`},
+		{[]string{"lb", "create", "x", "1.2.3.4:80", "--backend", "lvs"}, 2, `--backend: backend "lvs": want one of auto, ipvs, nftables`},
 		{[]string{"lb", "create", "x", "1.2.3.4:80", "--persistence", "long"}, 2, `circuit: lb create: invalid value "long" for flag -persistence`},
-		{[]string{"lb", "create", "x", "1.2.3.4"}, 1, "missing port"},
-		{[]string{"lb", "create", "x", "1.2.3.4:80", "--scheduler", "best"}, 1, `scheduler "best": invalid argument`},
+		{[]string{"lb", "create", "x", "1.2.3.4"}, 1, `address "1.2.3.4": want ip:port or [ipv6]:port`},
+		{[]string{"lb", "create", "x", "1.2.3.4:80", "--scheduler", "best"}, 1, `circuit: lb create x: scheduler "best": want one of`},
 		{[]string{"lb", "add", "demo"}, 2, "circuit: lb add: missing arguments: want NAME TARGET..."},
-		{[]string{"lb", "add", "demo", "10.0.0.1:80", "--forward", "magic"}, 2, `--forward "magic"`},
-		{[]string{"lb", "add", "demo", "10.0.0.1:80", "--weight", "-1"}, 2, "circuit: lb add: --weight -1: want 1-65535"},
+		{[]string{"lb", "add", "demo", "10.0.0.1:80", "--forward", "magic"}, 2, `--forward: forwarding method "magic": want one of nat, dr, tunnel`},
+		{[]string{"lb", "add", "demo", "10.0.0.1:80", "--weight", "-1"}, 2, "circuit: lb add: --weight: weight -1: use 1 to 65535"},
 		{[]string{"lb", "add", "demo", "10.0.0.1:80", "--weight", "heavy"}, 2, `invalid value "heavy" for flag -weight`},
-		{[]string{"lb", "add", "nope", "10.0.0.1:80"}, 1, `circuit: service "nope": not found`},
-		{[]string{"lb", "add", "demo", "10.0.0.1:80", "bad"}, 1, `target "bad"`},
-		{[]string{"lb", "remove", "demo", "10.0.0.9:80"}, 1, "not found"},
-		{[]string{"lb", "delete", "nope"}, 1, `circuit: service "nope": not found`},
-		{[]string{"lb", "show", "nope"}, 1, `circuit: service "nope": not found`},
+		{[]string{"lb", "add", "nope", "10.0.0.1:80"}, 1, `circuit: lb add nope: service "nope": not found`},
+		{[]string{"lb", "add", "demo", "10.0.0.1:80", "bad"}, 1, `circuit: lb add demo: address "bad": want ip:port or [ipv6]:port`},
+		{[]string{"lb", "remove", "demo", "10.0.0.9:80"}, 1, "target 10.0.0.9:80 is not in service demo"},
+		{[]string{"lb", "delete", "nope"}, 1, `circuit: lb delete nope: service "nope": not found`},
+		{[]string{"lb", "show", "nope"}, 1, `circuit: lb show nope: service "nope": not found`},
 		{[]string{"lb", "list", "--format", "xml"}, 2, "unknown --format"},
 		{[]string{"hook", "config"}, 2, "circuit: hook config: give one of --network or --cni-conf"},
 		{[]string{"hook", "install"}, 2, "circuit: hook install: missing arguments: want BUNDLE..."},
@@ -287,7 +290,7 @@ func TestErrors(t *testing.T) {
 func TestControllerErrors(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	h.factory = fmt.Errorf("%w: circuit must run as root", controller.ErrPermission)
+	h.factory = fmt.Errorf("%w: circuit must run as root", api.ErrPermission)
 	r := h.run("network", "list")
 	if r.line() != "circuit: permission denied: circuit must run as root" || ExitCode(r.err) != 1 || r.stdout != "" || r.stderr != "" {
 		t.Errorf("got %q (exit %d), stdout %q, stderr %q", r.line(), ExitCode(r.err), r.stdout, r.stderr)
@@ -327,7 +330,7 @@ func TestInterspersedFlags(t *testing.T) {
 
 	h.must("lb", "add", "demo", "10.0.1.1:80", "--weight", "3", "10.0.1.2:80", "--forward", "dr")
 	st, _ := h.fake.ShowService(ctx, "demo")
-	if wantT := []controller.Target{{Address: "10.0.1.1:80", Weight: 3, Forward: "dr"}, {Address: "10.0.1.2:80", Weight: 3, Forward: "dr"}}; !reflect.DeepEqual(st.Service.Targets, wantT) {
+	if wantT := []api.Target{{Address: "10.0.1.1:80", Weight: 3, Forward: "dr"}, {Address: "10.0.1.2:80", Weight: 3, Forward: "dr"}}; !reflect.DeepEqual(st.Service.Targets, wantT) {
 		t.Errorf("targets: %+v, want %+v", st.Service.Targets, wantT)
 	}
 
@@ -347,7 +350,7 @@ func TestInterspersedFlags(t *testing.T) {
 	}
 
 	// After "--" nothing is a flag.
-	if r := h.run("network", "connect", "--", "105", "--ifname"); r.line() != `circuit: network "--ifname": not found` {
+	if r := h.run("network", "connect", "--", "105", "--ifname"); !strings.HasPrefix(r.line(), `circuit: connect 105 to --ifname: network name "--ifname": `) {
 		t.Errorf("after --: %q", r.line())
 	}
 
@@ -433,7 +436,7 @@ func TestHelp(t *testing.T) {
 		t.Errorf("root help lacks commands or env:\n%s", out)
 	}
 	// "help" is an ordinary argument to a leaf command.
-	if r := h.run("network", "inspect", "help"); r.line() != `circuit: network "help": not found` {
+	if r := h.run("network", "inspect", "help"); r.line() != `circuit: inspect network help: network "help": not found` {
 		t.Errorf("inspect help: %q", r.line())
 	}
 }

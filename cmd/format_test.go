@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 )
 
 func TestTableLayout(t *testing.T) {
@@ -48,15 +48,15 @@ func TestNetworkListFormats(t *testing.T) {
 	h.must("network", "create", path)
 	h.must("network", "create", h.conf("a-very-long-network-name", "macvlan", ""))
 	h.must("network", "connect", "4668", "chain")
-	h.must("network", "connect", "--ifname", "net1", "4668", "chain")
+	h.must("network", "connect", "4670", "chain")
 	h.must("network", "connect", "4669", "chain")
-	if err := h.fake.AddPeer(controller.Peer{Network: "chain", ContainerID: "zz", PID: 77, IfName: "eth0", IPs: []string{"10.1.0.9/16", "fd00::9/64"}, State: controller.PeerConnecting}); err != nil {
+	if err := h.fake.AddPeer(api.Peer{Network: "chain", ContainerID: "zz", PID: 77, IfName: "eth0", IPs: []string{"10.1.0.9/16", "fd00::9/64"}, State: api.PeerConnecting}); err != nil {
 		t.Fatal(err)
 	}
 
 	h.expect(`NAME                TYPE                VERSION             PEERS
 a-very-long-network-name macvlan             0.2.0
-chain               bridge              1.0.0               10.1.0.2 (4668), 10.1.0.3 (4668), 10.1.0.4 (4669), 10.1.0.9,fd00::9 (77, connecting)
+chain               bridge              1.0.0               10.1.0.2 (4668), 10.1.0.4 (4669), 10.1.0.3 (4670), 10.1.0.9,fd00::9 (77, connecting)
 `, "network", "list")
 	h.expect("a-very-long-network-name\nchain\n", "network", "list", "--quiet")
 	h.expect("a-very-long-network-name\nchain\n", "network", "list", "-q", "--format", "json")
@@ -66,7 +66,7 @@ chain               bridge              1.0.0               10.1.0.2 (4668), 10.
 	h.expect("\n\"chain\"\n", "network", "list", "--format", `{{if .IsList}}{{json .Name}}{{end}}`)
 
 	out := h.must("network", "list", "--format", "json")
-	var nets []controller.Network
+	var nets []api.Network
 	if err := json.Unmarshal([]byte(out), &nets); err != nil {
 		t.Fatalf("json output: %v\n%s", err, out)
 	}
@@ -79,7 +79,7 @@ chain               bridge              1.0.0               10.1.0.2 (4668), 10.
 
 	// inspect: one object, the stored config as JSON.
 	out = h.must("network", "inspect", "chain")
-	var n controller.Network
+	var n api.Network
 	if err := json.Unmarshal([]byte(out), &n); err != nil {
 		t.Fatalf("inspect: %v\n%s", err, out)
 	}
@@ -103,22 +103,22 @@ func TestQoSShow(t *testing.T) {
 	h.must("network", "qos", "set", "--rate", "1mbit", "--container", "4669", "sandbox")
 
 	h.expect(`CONTAINER           PID     IFNAME  SOURCE     RATE      CEILING   DELAY   JITTER  LOSS   DIRECTION  EGRESS-BYTES  EGRESS-DROPS  INGRESS-BYTES  INGRESS-DROPS
-4668                4668    eth0    network    5mbit     6mbit     50ms    5ms     0.5%   both       0             0             0              0
-4669                4669    eth0    container  1mbit     -         -       -       -      -          0             0             -              -
+pid-4668-32676      4668    eth0    network    5mbit     6mbit     50ms    5ms     0.5%   both       0             0             0              0
+pid-4669-32683      4669    eth0    container  1mbit     -         -       -       -      -          0             0             -              -
 `, "network", "qos", "show", "sandbox")
-	h.expect("4668 network 5000000\n4669 container 1000000\n", "network", "qos", "show", "sandbox", "--format", "{{.ContainerID}} {{.Source}} {{.Policy.Rate}}")
+	h.expect("pid-4668-32676 network 5000000\npid-4669-32683 container 1000000\n", "network", "qos", "show", "sandbox", "--format", "{{.ContainerID}} {{.Source}} {{.Policy.Rate}}")
 
 	h.expect("qos reset for sandbox\n", "network", "qos", "reset", "--container", "4669", "sandbox")
-	h.expect("4668 network\n4669 network\n", "network", "qos", "show", "sandbox", "--format", "{{.ContainerID}} {{.Source}}")
+	h.expect("pid-4668-32676 network\npid-4669-32683 network\n", "network", "qos", "show", "sandbox", "--format", "{{.ContainerID}} {{.Source}}")
 	h.expect("qos reset for sandbox\n", "network", "qos", "reset", "sandbox")
-	h.expect("4668 none\n4669 none\n", "network", "qos", "show", "sandbox", "--format", "{{.ContainerID}} {{.Source}}")
+	h.expect("pid-4668-32676 none\npid-4669-32683 none\n", "network", "qos", "show", "sandbox", "--format", "{{.ContainerID}} {{.Source}}")
 }
 
 func TestLBFormats(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
 	h.expect("[]\n", "lb", "list", "--format", "json")
-	h.must("lb", "create", "web", "[fd00::1]:443", "--protocol", "sctp", "--scheduler", "wlc", "--backend", "nftables", "--persistence", "30s")
+	h.must("lb", "create", "web", "[fd00::1]:443", "--protocol", "sctp", "--scheduler", "wlc", "--backend", "ipvs", "--persistence", "30s")
 	h.must("lb", "create", "demo", "192.168.100.235:80")
 	h.must("lb", "add", "demo", "10.254.1.196:80", "10.254.1.20:80")
 	h.must("lb", "add", "demo", "10.254.1.3:80", "--weight", "5", "--forward", "dr")
@@ -135,8 +135,8 @@ web                 [fd00::1]:443        sctp                wlc
 	h.expect("demo\nweb\n", "lb", "list", "-q")
 	h.expect("demo 4\nweb 0\n", "lb", "ls", "--format", "{{.Name}} {{len .Targets}}")
 
-	h.fake.SetServiceStats("demo", controller.Counters{Connections: 12, Packets: 340, Bytes: 45000},
-		map[string]controller.Counters{"10.254.1.196:80": {Connections: 12, Packets: 340, Bytes: 45000}})
+	h.fake.SetServiceStats("demo", api.Counters{Connections: 12, Packets: 340, Bytes: 45000},
+		map[string]api.Counters{"10.254.1.196:80": {Connections: 12, Packets: 340, Bytes: 45000}})
 	h.expect(`NAME                ADDR                 PROTOCOL            SCHEDULER
 demo                192.168.100.235:80   tcp                 rr
 
@@ -155,7 +155,7 @@ TARGET                  WEIGHT  FORWARD  CONNECTIONS  PACKETS      BYTES
 	h.expect(`NAME                ADDR                 PROTOCOL            SCHEDULER
 web                 [fd00::1]:443        sctp                wlc
 
-backend:      nftables
+backend:      ipvs
 persistence:  30s
 connections:  0
 packets:      0
@@ -165,7 +165,7 @@ no targets
 `, "lb", "show", "web")
 
 	out := h.must("lb", "show", "demo", "--format", "json")
-	var st controller.ServiceStatus
+	var st api.ServiceStatus
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
@@ -185,19 +185,21 @@ func TestRestoreGC(t *testing.T) {
 	h.must("network", "create", h.conf("sandbox", "bridge", "10.100.10.0/24"))
 	h.must("network", "qos", "set", "--rate", "100", "sandbox")
 	h.must("lb", "create", "demo", "192.168.100.235:80")
-	h.expect("restored qos of network sandbox\nrestored service demo with 0 target(s)\nrestore: 2 action(s)\n", "restore")
+	h.expect("restore: nothing to do\n", "restore")
+	h.fake.Flush() // a reboot
+	h.expect("restored service demo (192.168.100.235:80, 0 targets) with ipvs\nrestore: 1 action(s)\n", "restore")
 
-	for _, p := range []controller.Peer{
-		{Network: "sandbox", ContainerID: "dead", PID: 1, IfName: "eth0", State: controller.PeerConnecting},
-		{Network: "sandbox", ContainerID: "live", PID: 2, IfName: "eth0", State: controller.PeerConnected},
+	for _, p := range []api.Peer{
+		{Network: "sandbox", ContainerID: "dead", PID: 1, IfName: "eth0", State: api.PeerConnecting},
+		{Network: "sandbox", ContainerID: "live", PID: 2, IfName: "eth0", State: api.PeerConnected},
 	} {
 		if err := h.fake.AddPeer(p); err != nil {
 			t.Fatal(err)
 		}
 	}
-	h.expect("would remove connecting peer dead/eth0 on network sandbox\ngc: dry run, 1 action(s), nothing changed\n", "gc", "--dry-run")
-	h.expect("would remove connecting peer dead/eth0 on network sandbox\n", "gc", "--dry-run", "--format", "{{range .Actions}}{{.}}{{end}}")
-	h.expect("removed connecting peer dead/eth0 on network sandbox\ngc: 1 action(s)\n", "gc")
+	h.expect("would disconnect dead from sandbox (an interrupted connect)\ngc: dry run, 1 action(s), nothing changed\n", "gc", "--dry-run")
+	h.expect("would disconnect dead from sandbox (an interrupted connect)\n", "gc", "--dry-run", "--format", "{{range .Actions}}{{.}}{{end}}")
+	h.expect("disconnect dead from sandbox (an interrupted connect)\ngc: 1 action(s)\n", "gc")
 	h.expect("gc: nothing to do\n", "gc")
 	h.expect("live\n", "network", "inspect", "sandbox", "--format", "{{range .Peers}}{{.ContainerID}}{{end}}")
 }
@@ -219,7 +221,7 @@ func TestCreateFromStdin(t *testing.T) {
 
 	// --force replaces a definition.
 	h.stdin = `{"cniVersion": "0.4.0", "name": "piped", "type": "bridge"}`
-	if r := h.run("network", "create", "-"); !strings.Contains(r.line(), `network "piped": already exists`) {
+	if r := h.run("network", "create", "-"); r.line() != "circuit: create network piped: already exists (use --force to replace it)" {
 		t.Errorf("duplicate: %q", r.line())
 	}
 	h.expect("piped created\n", "network", "create", "--force", "-")

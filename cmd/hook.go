@@ -11,6 +11,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/urfave/cli/v3"
 
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/controller"
 	"github.com/circuit-cni/circuit/pkg/ocistate"
 )
@@ -69,8 +70,8 @@ func (a *app) hookMode(ctx context.Context, cmd *cli.Command) error {
 }
 
 // hookRequest combines the OCI state with the hook entry's environment.
-func (a *app) hookRequest(st *specs.State) (controller.HookRequest, error) {
-	req := controller.HookRequest{
+func (a *app) hookRequest(st *specs.State) (api.HookRequest, error) {
+	req := api.HookRequest{
 		ID:          st.ID,
 		Status:      string(st.Status),
 		PID:         st.Pid,

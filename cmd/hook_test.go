@@ -9,9 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/circuit-cni/circuit/api"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-
-	"github.com/circuit-cni/circuit/controller"
 )
 
 func (h *harness) hookLog() string {
@@ -37,7 +36,7 @@ func TestHookMode(t *testing.T) {
 	h.expect("")
 
 	wd, _ := os.Getwd()
-	want := []controller.HookRequest{
+	want := []api.HookRequest{
 		{ID: "web-00", Status: "creating", PID: 4668, Bundle: "/root/web-00", CNIConf: filepath.Join(wd, "conf.d/bridge.conf"), Networks: []string{"sandbox", "shell"}},
 		{ID: "web-00", Status: "stopped", Bundle: "/root/web-00", CNIConf: filepath.Join(wd, "conf.d/bridge.conf"), Networks: []string{"sandbox", "shell"}},
 	}
@@ -46,8 +45,8 @@ func TestHookMode(t *testing.T) {
 	}
 
 	log := h.hookLog()
-	wantLog := `2016-10-12T18:45:27Z web-00 creating connected container web-00 to network sandbox as eth0 (10.100.10.2/24)
-2016-10-12T18:45:27Z web-00 creating connected container web-00 to network shell as eth1 (10.30.30.2/24)
+	wantLog := `2016-10-12T18:45:27Z web-00 creating connected container web-00 to network sandbox as eth0 [10.100.10.2/24]
+2016-10-12T18:45:27Z web-00 creating connected container web-00 to network shell as eth1 [10.30.30.2/24]
 2016-10-12T18:45:27Z web-00 stopped disconnected container web-00 from network sandbox
 2016-10-12T18:45:27Z web-00 stopped disconnected container web-00 from network shell
 `
@@ -68,7 +67,7 @@ func TestHookModeAnnotationWins(t *testing.T) {
 	h.env["CIRCUIT_IFNAME"] = "net0"
 	h.stdin = `{"id": "web-00", "status": "created", "pid": 19022, "bundle": "/b", "annotations": {"circuit.network": "shell", "other": "x"}}`
 	h.expect("")
-	want := controller.HookRequest{ID: "web-00", Status: "created", PID: 19022, Bundle: "/b",
+	want := api.HookRequest{ID: "web-00", Status: "created", PID: 19022, Bundle: "/b",
 		Annotations: map[string]string{"circuit.network": "shell", "other": "x"}, Networks: []string{"shell"}, IfName: "net0"}
 	if got := h.fake.Hooks(); len(got) != 1 || !reflect.DeepEqual(got[0], want) {
 		t.Errorf("hook request: %+v, want %+v", got, want)
@@ -97,8 +96,8 @@ func TestHookModeErrors(t *testing.T) {
 		{"oversized", `{"id": "a", "status": "stopped", "bundle": "` + strings.Repeat("x", 1<<20) + `"}`, "circuit: hook: OCI state on stdin is larger than 1 MiB"},
 		{"missing id", `{"status": "stopped"}`, "circuit: hook: invalid OCI state: missing id"},
 		{"unknown status", `{"id": "a", "status": "paused", "pid": 1}`, `circuit: hook: invalid OCI state: unknown status "paused"`},
-		{"no network", `{"id": "a", "status": "creating", "pid": 1}`, "circuit: hook: container a (creating): hook: no network: set CIRCUIT_NETWORK or CNI_CONF: invalid argument"},
-		{"unknown network", `{"id": "a", "status": "creating", "pid": 1, "annotations": {"circuit.network": "nope"}}`, `circuit: hook: container a (creating): network "nope": not found`},
+		{"no network", `{"id": "a", "status": "creating", "pid": 1}`, "circuit: hook: container a (creating): hook a: no network: set CNI_CONF or CIRCUIT_NETWORK in the hook's env, or the circuit.network annotation"},
+		{"unknown network", `{"id": "a", "status": "creating", "pid": 1, "annotations": {"circuit.network": "nope"}}`, `circuit: hook: container a (creating): hook a: connect 1 to nope: network "nope": not found`},
 	} {
 		h := newHarness(t)
 		h.stdin = tc.stdin

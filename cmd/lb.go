@@ -11,6 +11,7 @@ import (
 
 	"github.com/urfave/cli/v3"
 
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/controller"
 )
 
@@ -44,24 +45,23 @@ func lbCreateCommand(a *app) *cli.Command {
 			if err := checkArgs(cmd, 2, 2); err != nil {
 				return err
 			}
-			proto, err := oneOf(cmd, "protocol", "tcp", "udp", "sctp")
-			if err != nil {
-				return err
-			}
-			backend, err := oneOf(cmd, "backend", "auto", "ipvs", "nftables")
-			if err != nil {
-				return err
-			}
-			if cmd.Duration("persistence") < 0 {
-				return usageErrorf(cmd, "--persistence must not be negative")
-			}
-			svc := controller.Service{
+			svc := api.Service{
 				Name:        cmd.Args().Get(0),
 				Address:     cmd.Args().Get(1),
-				Protocol:    proto,
+				Protocol:    cmd.String("protocol"),
 				Scheduler:   cmd.String("scheduler"),
 				Persistence: cmd.Duration("persistence"),
-				Backend:     backend,
+				Backend:     cmd.String("backend"),
+			}
+			// What flags say is judged here, by the controller's rules.
+			if err := api.ValidProtocol(svc.Protocol); err != nil {
+				return usageErrorf(cmd, "--protocol: %v", err)
+			}
+			if err := api.ValidBackend(svc.Backend); err != nil {
+				return usageErrorf(cmd, "--backend: %v", err)
+			}
+			if err := api.ValidPersistence(svc.Persistence); err != nil {
+				return usageErrorf(cmd, "--persistence: %v", err)
 			}
 			return a.withController(ctx, func(c controller.Controller) error {
 				if _, err := c.CreateService(ctx, svc); err != nil {
@@ -87,17 +87,17 @@ func lbAddCommand(a *app) *cli.Command {
 			if err := checkArgs(cmd, 2, -1); err != nil {
 				return err
 			}
-			fwd, err := oneOf(cmd, "forward", "nat", "dr", "tunnel")
-			if err != nil {
-				return err
+			fwd := cmd.String("forward")
+			if err := api.ValidForward(fwd); err != nil {
+				return usageErrorf(cmd, "--forward: %v", err)
 			}
-			if w := cmd.Int("weight"); w < 1 || w > 65535 {
-				return usageErrorf(cmd, "--weight %d: want 1-65535", w)
+			if err := api.ValidWeight(cmd.Int("weight")); err != nil {
+				return usageErrorf(cmd, "--weight: %v", err)
 			}
 			name := cmd.Args().First()
-			var targets []controller.Target
+			var targets []api.Target
 			for _, t := range cmd.Args().Tail() {
-				targets = append(targets, controller.Target{Address: t, Weight: cmd.Int("weight"), Forward: fwd})
+				targets = append(targets, api.Target{Address: t, Weight: cmd.Int("weight"), Forward: fwd})
 			}
 			return a.withController(ctx, func(c controller.Controller) error {
 				if err := c.AddTargets(ctx, name, targets); err != nil {
@@ -156,13 +156,13 @@ func lbDeleteCommand(a *app) *cli.Command {
 // serviceColumns copy the original README, where ADDR is one wider.
 var serviceColumns = []column{{"NAME", 20}, {"ADDR", 21}, {"PROTOCOL", 20}, {"SCHEDULER", 0}}
 
-func serviceRow(s controller.Service) []string {
+func serviceRow(s api.Service) []string {
 	return []string{s.Name, s.Address, s.Protocol, s.Scheduler}
 }
 
 // targetLines are --details' `  -> ADDR:PORT` lines; weight and forwarding
 // method appear only when not the defaults, so the README's example holds.
-func targetLines(targets []controller.Target) []string {
+func targetLines(targets []api.Target) []string {
 	var out []string
 	for _, t := range sortedTargets(targets) {
 		l := "  -> " + t.Address
@@ -178,9 +178,9 @@ func targetLines(targets []controller.Target) []string {
 }
 
 // sortedTargets orders targets by address, numerically when they parse.
-func sortedTargets(targets []controller.Target) []controller.Target {
+func sortedTargets(targets []api.Target) []api.Target {
 	targets = slices.Clone(targets)
-	slices.SortFunc(targets, func(a, b controller.Target) int { return compareAddrPort(a.Address, b.Address) })
+	slices.SortFunc(targets, func(a, b api.Target) int { return compareAddrPort(a.Address, b.Address) })
 	return targets
 }
 
@@ -211,18 +211,18 @@ func lbListCommand(a *app) *cli.Command {
 			if err != nil {
 				return err
 			}
-			t := table[controller.Service]{columns: serviceColumns, row: serviceRow}
+			t := table[api.Service]{columns: serviceColumns, row: serviceRow}
 			if cmd.Bool("details") {
-				t.details = func(s controller.Service) []string { return targetLines(s.Targets) }
+				t.details = func(s api.Service) []string { return targetLines(s.Targets) }
 			}
 			return a.withController(ctx, func(c controller.Controller) error {
 				svcs, err := c.ListServices(ctx)
 				if err != nil {
 					return err
 				}
-				slices.SortFunc(svcs, func(a, b controller.Service) int { return strings.Compare(a.Name, b.Name) })
+				slices.SortFunc(svcs, func(a, b api.Service) int { return strings.Compare(a.Name, b.Name) })
 				if cmd.Bool("quiet") {
-					return printNames(a.stdout, svcs, func(s controller.Service) string { return s.Name })
+					return printNames(a.stdout, svcs, func(s api.Service) string { return s.Name })
 				}
 				return printList(a.stdout, out, svcs, t)
 			})
@@ -240,15 +240,15 @@ var showTargetTable = table[targetStatus]{
 }
 
 type targetStatus struct {
-	controller.Target
-	Stats controller.Counters
+	api.Target
+	Stats api.Counters
 }
 
 // writeServiceStatus is lb show's table view: the service as lb list shows
 // it, its settings and counters, then its targets.
-func writeServiceStatus(w io.Writer, s controller.ServiceStatus) error {
+func writeServiceStatus(w io.Writer, s api.ServiceStatus) error {
 	var b strings.Builder
-	if err := (table[controller.Service]{columns: serviceColumns, row: serviceRow}).write(&b, []controller.Service{s.Service}); err != nil {
+	if err := (table[api.Service]{columns: serviceColumns, row: serviceRow}).write(&b, []api.Service{s.Service}); err != nil {
 		return err
 	}
 	persistence := "-"
@@ -292,10 +292,10 @@ func lbShowCommand(a *app) *cli.Command {
 					return err
 				}
 				if st.Targets == nil {
-					st.Targets = map[string]controller.Counters{}
+					st.Targets = map[string]api.Counters{}
 				}
 				if st.Service.Targets == nil {
-					st.Service.Targets = []controller.Target{}
+					st.Service.Targets = []api.Target{}
 				}
 				return printOne(a.stdout, out, *st, writeServiceStatus)
 			})

@@ -12,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v3"
 
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/controller"
 	"github.com/circuit-cni/circuit/pkg/cni"
 )
@@ -84,18 +85,18 @@ func (a *app) readConfig(name string) ([]byte, error) {
 }
 
 // networkTable is the original README's layout: 20-wide columns.
-var networkTable = table[controller.Network]{
+var networkTable = table[api.Network]{
 	columns: []column{{"NAME", 20}, {"TYPE", 20}, {"VERSION", 20}, {"PEERS", 0}},
-	row: func(n controller.Network) []string {
+	row: func(n api.Network) []string {
 		return []string{n.Name, n.Type, n.CNIVersion, peersCell(n.Peers)}
 	},
 }
 
 // peersCell shows peers as `IP (PID)` joined by ", ", sorted by container
 // and interface; a peer that is not fully connected shows its state.
-func peersCell(peers []controller.Peer) string {
+func peersCell(peers []api.Peer) string {
 	peers = slices.Clone(peers)
-	slices.SortFunc(peers, func(a, b controller.Peer) int {
+	slices.SortFunc(peers, func(a, b api.Peer) int {
 		if c := strings.Compare(a.ContainerID, b.ContainerID); c != 0 {
 			return c
 		}
@@ -109,8 +110,8 @@ func peersCell(peers []controller.Peer) string {
 			ips = append(ips, addr)
 		}
 		who := strconv.Itoa(p.PID)
-		if p.State != "" && p.State != controller.PeerConnected {
-			who += ", " + p.State
+		if p.State != "" && p.State != api.PeerConnected {
+			who += ", " + p.State.String()
 		}
 		cells = append(cells, fmt.Sprintf("%s (%s)", dash(strings.Join(ips, ",")), who))
 	}
@@ -136,9 +137,9 @@ func networkListCommand(a *app) *cli.Command {
 				if err != nil {
 					return err
 				}
-				slices.SortFunc(nets, func(a, b controller.Network) int { return strings.Compare(a.Name, b.Name) })
+				slices.SortFunc(nets, func(a, b api.Network) int { return strings.Compare(a.Name, b.Name) })
 				if cmd.Bool("quiet") {
-					return printNames(a.stdout, nets, func(n controller.Network) string { return n.Name })
+					return printNames(a.stdout, nets, func(n api.Network) string { return n.Name })
 				}
 				return printList(a.stdout, out, nets, networkTable)
 			})
@@ -178,7 +179,7 @@ func networkInspectCommand(a *app) *cli.Command {
 					return err
 				}
 				if n.Peers == nil {
-					n.Peers = []controller.Peer{}
+					n.Peers = []api.Peer{}
 				}
 				return printOne(a.stdout, out, *n, nil)
 			})
@@ -202,7 +203,7 @@ func networkConnectCommand(a *app) *cli.Command {
 			}
 			container, network := cmd.Args().Get(0), cmd.Args().Get(1)
 			return a.withController(ctx, func(c controller.Controller) error {
-				_, err := c.Connect(ctx, controller.ConnectRequest{Container: container, Network: network, IfName: cmd.String("ifname")})
+				_, err := c.Connect(ctx, api.ConnectRequest{Container: container, Network: network, IfName: cmd.String("ifname")})
 				if err != nil {
 					return err
 				}
@@ -225,7 +226,7 @@ func networkDisconnectCommand(a *app) *cli.Command {
 			}
 			container, network := cmd.Args().Get(0), cmd.Args().Get(1)
 			return a.withController(ctx, func(c controller.Controller) error {
-				if err := c.Disconnect(ctx, controller.DisconnectRequest{Container: container, Network: network, IfName: cmd.String("ifname")}); err != nil {
+				if err := c.Disconnect(ctx, api.DisconnectRequest{Container: container, Network: network, IfName: cmd.String("ifname")}); err != nil {
 					return err
 				}
 				_, err := fmt.Fprintf(a.stdout, "disconnected container %s from network %s\n", container, network)

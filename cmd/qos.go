@@ -7,8 +7,8 @@ import (
 
 	"github.com/urfave/cli/v3"
 
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/controller"
-	"github.com/circuit-cni/circuit/pkg/qos"
 )
 
 func qosCommand(a *app) *cli.Command {
@@ -70,52 +70,40 @@ traffic (through an IFB device in its namespace). "qos reset" removes it all.`,
 	}
 }
 
-// parsePolicy turns qos set's flags into a policy, refusing combinations
-// that cannot mean anything before the controller is even opened.
-func parsePolicy(cmd *cli.Command) (controller.QoSPolicy, error) {
-	var p controller.QoSPolicy
+// parsePolicy turns qos set's flags into a policy and judges it by the
+// same rule as the controller and the shaper (api.ValidatePolicy), before
+// the controller is even opened.
+func parsePolicy(cmd *cli.Command) (api.QoSPolicy, error) {
+	var p api.QoSPolicy
 	var err error
-	if !cmd.IsSet("rate") && !cmd.IsSet("ceiling") && !cmd.IsSet("delay") && !cmd.IsSet("jitter") && !cmd.IsSet("loss") {
-		return p, usageErrorf(cmd, "nothing to set: give at least one of --rate, --ceiling, --delay, --jitter, --loss")
-	}
 	if cmd.IsSet("rate") {
-		if p.Rate, err = qos.ParseRate(cmd.String("rate")); err != nil {
+		if p.Rate, err = api.ParseRate(cmd.String("rate")); err != nil {
 			return p, usageErrorf(cmd, "--rate: %v", err)
 		}
 	}
 	if cmd.IsSet("ceiling") {
-		if p.Ceiling, err = qos.ParseRate(cmd.String("ceiling")); err != nil {
+		if p.Ceiling, err = api.ParseRate(cmd.String("ceiling")); err != nil {
 			return p, usageErrorf(cmd, "--ceiling: %v", err)
-		}
-		if p.Rate == 0 {
-			return p, usageErrorf(cmd, "--ceiling needs --rate")
-		}
-		if p.Ceiling < p.Rate {
-			return p, usageErrorf(cmd, "--ceiling %s is below --rate %s", qos.FormatRate(p.Ceiling), qos.FormatRate(p.Rate))
 		}
 	}
 	if cmd.IsSet("delay") {
-		if p.Delay, err = qos.ParseDuration(cmd.String("delay")); err != nil {
+		if p.Delay, err = api.ParseDuration(cmd.String("delay")); err != nil {
 			return p, usageErrorf(cmd, "--delay: %v", err)
 		}
 	}
 	if cmd.IsSet("jitter") {
-		if p.Jitter, err = qos.ParseDuration(cmd.String("jitter")); err != nil {
+		if p.Jitter, err = api.ParseDuration(cmd.String("jitter")); err != nil {
 			return p, usageErrorf(cmd, "--jitter: %v", err)
-		}
-		if p.Delay == 0 {
-			return p, usageErrorf(cmd, "--jitter needs --delay")
 		}
 	}
 	if cmd.IsSet("loss") {
-		if p.Loss, err = qos.ParsePercent(cmd.String("loss")); err != nil {
+		if p.Loss, err = api.ParsePercent(cmd.String("loss")); err != nil {
 			return p, usageErrorf(cmd, "--loss: %v", err)
 		}
 	}
-	if cmd.IsSet("direction") {
-		if p.Direction, err = oneOf(cmd, "direction", controller.DirEgress, controller.DirIngress, controller.DirBoth); err != nil {
-			return p, err
-		}
+	p.Direction = api.Direction(cmd.String("direction"))
+	if err := api.ValidatePolicy(p); err != nil {
+		return p, usageErrorf(cmd, "%v", err)
 	}
 	return p, nil
 }
@@ -142,20 +130,20 @@ func qosResetCommand(a *app) *cli.Command {
 	}
 }
 
-var qosTable = table[controller.PeerQoS]{
+var qosTable = table[api.PeerQoS]{
 	columns: []column{
 		{"CONTAINER", 20}, {"PID", 8}, {"IFNAME", 8}, {"SOURCE", 11},
 		{"RATE", 10}, {"CEILING", 10}, {"DELAY", 8}, {"JITTER", 8}, {"LOSS", 7}, {"DIRECTION", 11},
 		{"EGRESS-BYTES", 14}, {"EGRESS-DROPS", 14}, {"INGRESS-BYTES", 15}, {"INGRESS-DROPS", 0},
 	},
-	row: func(q controller.PeerQoS) []string {
-		p := controller.QoSPolicy{}
+	row: func(q api.PeerQoS) []string {
+		p := api.QoSPolicy{}
 		if q.Policy != nil {
 			p = *q.Policy
 		}
-		cells := []string{q.ContainerID, strconv.Itoa(q.PID), q.IfName, q.Source,
-			rateCell(p.Rate), rateCell(p.Ceiling), durationCell(p.Delay), durationCell(p.Jitter), lossCell(p.Loss), dash(p.Direction)}
-		for _, c := range []*controller.QoSCounters{q.Egress, q.Ingress} {
+		cells := []string{q.ContainerID, strconv.Itoa(q.PID), q.IfName, q.Source.String(),
+			rateCell(p.Rate), rateCell(p.Ceiling), durationCell(p.Delay), durationCell(p.Jitter), lossCell(p.Loss), dash(p.Direction.String())}
+		for _, c := range []*api.QoSCounters{q.Egress, q.Ingress} {
 			if c == nil {
 				cells = append(cells, "-", "-")
 				continue
@@ -164,7 +152,7 @@ var qosTable = table[controller.PeerQoS]{
 		}
 		return cells
 	},
-	details: func(q controller.PeerQoS) []string {
+	details: func(q api.PeerQoS) []string {
 		if q.Error == "" {
 			return nil
 		}
@@ -176,7 +164,7 @@ func rateCell(bps uint64) string {
 	if bps == 0 {
 		return "-"
 	}
-	return qos.FormatRate(bps)
+	return api.FormatRate(bps)
 }
 
 func durationCell[D interface{ String() string }](d D) string {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/urfave/cli/v3"
 
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/controller"
 )
 
@@ -41,7 +42,7 @@ func restoreCommand(a *app) *cli.Command {
 
 // printReport prints a restore or gc report: its actions as the controller
 // phrased them, then a summary line; or the Report as JSON or a template.
-func printReport(w io.Writer, out output, r *controller.Report, what string, dryRun bool) error {
+func printReport(w io.Writer, out output, r *api.Report, what string, dryRun bool) error {
 	if r.Actions == nil {
 		r.Actions = []string{}
 	}

@@ -10,13 +10,13 @@ package ds
 import (
 	"context"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 )
 
 // Datastore runs transactions. Update's fn runs in one read-write transaction
 // that commits only if fn returns nil; View's fn sees a consistent snapshot.
 // Both wait for the store's lock up to a timeout and then fail with an error
-// wrapping controller.ErrBusy.
+// wrapping api.ErrBusy.
 type Datastore interface {
 	Update(ctx context.Context, fn func(Tx) error) error
 	View(ctx context.Context, fn func(Tx) error) error
@@ -24,24 +24,24 @@ type Datastore interface {
 }
 
 // Tx is one transaction. Getters return copies that outlive the transaction,
-// and errors wrapping controller.ErrNotFound for missing objects.
+// and errors wrapping api.ErrNotFound for missing objects.
 // Network records never carry Peers; peers are stored and read separately.
 type Tx interface {
-	GetNetwork(name string) (*controller.Network, error)
-	ListNetworks() ([]controller.Network, error) // sorted by name
-	PutNetwork(n *controller.Network) error      // create or replace
-	DeleteNetwork(name string) error             // also deletes its peers
+	GetNetwork(name string) (*api.Network, error)
+	ListNetworks() ([]api.Network, error) // sorted by name
+	PutNetwork(n *api.Network) error      // create or replace
+	DeleteNetwork(name string) error      // also deletes its peers
 
-	GetPeer(network, containerID, ifname string) (*controller.Peer, error)
-	ListPeers(network string) ([]controller.Peer, error) // "" lists all networks' peers; sorted
-	PutPeer(p *controller.Peer) error                    // network must exist
+	GetPeer(network, containerID, ifname string) (*api.Peer, error)
+	ListPeers(network string) ([]api.Peer, error) // "" lists all networks' peers; sorted
+	PutPeer(p *api.Peer) error                    // network must exist
 	DeletePeer(network, containerID, ifname string) error
 	// ContainerPeers lists one container's peers on one network (one per
 	// interface, sorted); its cost does not grow with the network's peers.
-	ContainerPeers(network, containerID string) ([]controller.Peer, error)
+	ContainerPeers(network, containerID string) ([]api.Peer, error)
 
-	GetService(name string) (*controller.Service, error)
-	ListServices() ([]controller.Service, error) // sorted by name
-	PutService(s *controller.Service) error
+	GetService(name string) (*api.Service, error)
+	ListServices() ([]api.Service, error) // sorted by name
+	PutService(s *api.Service) error
 	DeleteService(name string) error
 }

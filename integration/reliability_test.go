@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/pkg/netns"
 	"github.com/circuit-cni/circuit/pkg/testutil"
 )
@@ -26,9 +26,9 @@ import (
 // process alone in a network namespace), connected by PID.
 
 // relInspect reads a network as `network inspect --format json` prints it.
-func relInspect(c *cli, name string) controller.Network {
+func relInspect(c *cli, name string) api.Network {
 	c.t.Helper()
-	var n controller.Network
+	var n api.Network
 	out := c.must("network", "inspect", "--format", "json", name)
 	if err := json.Unmarshal([]byte(out), &n); err != nil {
 		c.t.Fatalf("network inspect %s: %v\n%s", name, err, out)
@@ -37,7 +37,7 @@ func relInspect(c *cli, name string) controller.Network {
 }
 
 // relPeerByPID finds the peer recorded for a process.
-func relPeerByPID(n controller.Network, pid int) *controller.Peer {
+func relPeerByPID(n api.Network, pid int) *api.Peer {
 	for i := range n.Peers {
 		if n.Peers[i].PID == pid {
 			return &n.Peers[i]
@@ -53,7 +53,7 @@ func relAddr(cidr string) string {
 }
 
 // relPeerAddrs lists the recorded peers' addresses, sorted.
-func relPeerAddrs(n controller.Network) []string {
+func relPeerAddrs(n api.Network) []string {
 	var out []string
 	for _, p := range n.Peers {
 		for _, ip := range p.IPs {
@@ -228,7 +228,7 @@ func TestReliabilityConcurrentConnectDisconnect30(t *testing.T) {
 			t.Errorf("no peer recorded for pid %d", s.PID)
 			continue
 		}
-		if p.State != controller.PeerConnected || len(p.IPs) != 1 {
+		if p.State != api.PeerConnected || len(p.IPs) != 1 {
 			t.Errorf("peer of pid %d: state %q, IPs %v", s.PID, p.State, p.IPs)
 			continue
 		}
@@ -348,7 +348,7 @@ func TestReliabilityKilledConnectsGC(t *testing.T) {
 
 	net := relInspect(c, "killed")
 	for _, p := range net.Peers {
-		if p.State != controller.PeerConnected {
+		if p.State != api.PeerConnected {
 			t.Errorf("gc left peer %s in state %q", p.ContainerID, p.State)
 		}
 	}
@@ -503,7 +503,7 @@ func TestReliabilityRestoreGCUnmountedPins(t *testing.T) {
 		t.Fatalf("peers not recorded: %+v", net.Peers)
 	}
 
-	reboot := func(s *testutil.Sleeper, p *controller.Peer) {
+	reboot := func(s *testutil.Sleeper, p *api.Peer) {
 		t.Helper()
 		s.Kill()
 		testutil.Run(t, "umount", p.Netns)
@@ -626,7 +626,7 @@ func TestReliabilityGCDuringConcurrentConnects(t *testing.T) {
 	var hostIfs []string
 	for _, s := range sl {
 		p := relPeerByPID(net, s.PID)
-		if p == nil || p.State != controller.PeerConnected || len(p.IPs) != 1 {
+		if p == nil || p.State != api.PeerConnected || len(p.IPs) != 1 {
 			t.Errorf("pid %d: peer %+v", s.PID, p)
 			continue
 		}
@@ -716,7 +716,7 @@ func TestReliabilitySlowGCKeepsNewConnects(t *testing.T) {
 	net := relInspect(c, "busy")
 	for _, s := range sl {
 		p := relPeerByPID(net, s.PID)
-		if p == nil || p.State != controller.PeerConnected || len(p.IPs) != 1 {
+		if p == nil || p.State != api.PeerConnected || len(p.IPs) != 1 {
 			t.Errorf("pid %d: peer %+v", s.PID, p)
 			continue
 		}
@@ -795,7 +795,7 @@ func TestReliabilityConcurrentGCAndRestore(t *testing.T) {
 	if got := c.pins(); !slices.Equal(got, []string{pl.Netns}) {
 		t.Errorf("pins = %v, want only %s", got, pl.Netns)
 	}
-	if n := relInspect(c, "racing"); len(n.Peers) != 1 || n.Peers[0].ContainerID != pl.ContainerID || n.Peers[0].State != controller.PeerConnected {
+	if n := relInspect(c, "racing"); len(n.Peers) != 1 || n.Peers[0].ContainerID != pl.ContainerID || n.Peers[0].State != api.PeerConnected {
 		t.Errorf("peers: %+v", n.Peers)
 	}
 	if got := relBridgePorts(c.bridge); !slices.Equal(got, []string{pl.HostIf}) {

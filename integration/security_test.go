@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/ds"
 	"github.com/circuit-cni/circuit/ds/bolt"
 	"github.com/circuit-cni/circuit/pkg/testutil"
@@ -361,7 +361,7 @@ func TestSecurityForeignQdiscKept(t *testing.T) {
 	_, stderr, err = c.run("", "network", "qos", "set", "--rate", "5000", "foreign")
 	secOneLine(t, "qos set over a foreign qdisc", err, stderr, "did not install")
 	foreign("a refused qos set")
-	if n := relInspect(c, "foreign"); n.QoS != nil || slices.ContainsFunc(n.Peers, func(p controller.Peer) bool { return p.QoS != nil }) {
+	if n := relInspect(c, "foreign"); n.QoS != nil || slices.ContainsFunc(n.Peers, func(p api.Peer) bool { return p.QoS != nil }) {
 		t.Errorf("a refused qos set was stored: %+v", n)
 	}
 	c.must("network", "disconnect", strconv.Itoa(s.PID), "foreign")
@@ -452,12 +452,12 @@ func TestSecurityGCRestoreOnlyTouchOwnPins(t *testing.T) {
 	err = store.Update(context.Background(), func(tx ds.Tx) error {
 		// A dead one pointing at a file, and a live one pointing at the
 		// host's own namespace (this test's), with a host interface.
-		if err := tx.PutPeer(&controller.Peer{Network: "tamper", ContainerID: "gone", PID: 999999999, IfName: "eth0",
-			Netns: victim, State: controller.PeerConnected, ConnectedAt: time.Now()}); err != nil {
+		if err := tx.PutPeer(&api.Peer{Network: "tamper", ContainerID: "gone", PID: 999999999, IfName: "eth0",
+			Netns: victim, State: api.PeerConnected, ConnectedAt: time.Now()}); err != nil {
 			return err
 		}
-		return tx.PutPeer(&controller.Peer{Network: "tamper", ContainerID: "host", PID: os.Getpid(), IfName: hostIf,
-			Netns: fmt.Sprintf("/proc/%d/ns/net", os.Getpid()), State: controller.PeerConnected, ConnectedAt: time.Now()})
+		return tx.PutPeer(&api.Peer{Network: "tamper", ContainerID: "host", PID: os.Getpid(), IfName: hostIf,
+			Netns: fmt.Sprintf("/proc/%d/ns/net", os.Getpid()), State: api.PeerConnected, ConnectedAt: time.Now()})
 	})
 	store.Close()
 	if err != nil {

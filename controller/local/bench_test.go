@@ -11,7 +11,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/pkg/netns"
 	"github.com/circuit-cni/circuit/pkg/testutil"
 )
@@ -62,11 +62,11 @@ func benchConnectDisconnect(b *testing.B, ipMasq bool) {
 	b.ResetTimer()
 	for b.Loop() {
 		t0 := time.Now()
-		if _, err := c.Connect(ctx, controller.ConnectRequest{Container: pid, Network: "benchnet"}); err != nil {
+		if _, err := c.Connect(ctx, api.ConnectRequest{Container: pid, Network: "benchnet"}); err != nil {
 			b.Fatal(err)
 		}
 		t1 := time.Now()
-		if err := c.Disconnect(ctx, controller.DisconnectRequest{Container: pid, Network: "benchnet"}); err != nil {
+		if err := c.Disconnect(ctx, api.DisconnectRequest{Container: pid, Network: "benchnet"}); err != nil {
 			b.Fatal(err)
 		}
 		conn += t1.Sub(t0)

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
+	"strconv"
 	"time"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/ds"
 	"github.com/circuit-cni/circuit/pkg/cni"
 	"github.com/circuit-cni/circuit/pkg/netns"
@@ -17,7 +17,7 @@ import (
 // Connect attaches a running container to a network through CNI ADD.
 // Whatever fails after the intent is recorded is undone: no interface, no
 // address reservation, no pin and no record is left behind.
-func (c *Controller) Connect(ctx context.Context, req controller.ConnectRequest) (*controller.Peer, error) {
+func (c *Controller) Connect(ctx context.Context, req api.ConnectRequest) (*api.Peer, error) {
 	p, err := c.connect(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s to %s: %w", req.Container, req.Network, err)
@@ -25,12 +25,12 @@ func (c *Controller) Connect(ctx context.Context, req controller.ConnectRequest)
 	return p, nil
 }
 
-func (c *Controller) connect(ctx context.Context, req controller.ConnectRequest) (*controller.Peer, error) {
+func (c *Controller) connect(ctx context.Context, req api.ConnectRequest) (*api.Peer, error) {
 	n, err := c.networkRecord(ctx, req.Network)
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := c.loadConfig(n)
+	cfg, err := loadConfig(n)
 	if err != nil {
 		return nil, err
 	}
@@ -41,22 +41,23 @@ func (c *Controller) connect(ctx context.Context, req controller.ConnectRequest)
 	nsPath := netns.ProcPath(ctr.PID)
 	ifname := req.IfName
 	if ifname == "" {
-		if ifname, err = netns.FreeIfName(nsPath); err != nil {
+		if ifname, err = c.k.ns.FreeIfName(nsPath); err != nil {
 			return nil, err
 		}
-	} else if err := validIfName(ifname); err != nil {
+	} else if err := api.ValidIfName(ifname); err != nil {
 		return nil, err
 	}
 
-	p := &controller.Peer{
+	self := c.k.procs.Self()
+	p := &api.Peer{
 		Network:     n.Name,
 		ContainerID: ctr.ID,
 		PID:         ctr.PID,
 		IfName:      ifname,
 		Netns:       c.pinPath(n.Name, ctr.ID, ifname),
-		State:       controller.PeerConnecting,
+		State:       api.PeerConnecting,
 		ConnectedAt: time.Now().UTC(),
-		Owner:       self(),
+		Owner:       &self,
 	}
 	// Record intent first: a crash from here on leaves a record gc finishes.
 	err = c.store.Update(ctx, func(tx ds.Tx) error {
@@ -64,10 +65,8 @@ func (c *Controller) connect(ctx context.Context, req controller.ConnectRequest)
 		if err != nil {
 			return err
 		}
-		for _, q := range peers {
-			if q.ContainerID == p.ContainerID {
-				return controller.Errorf(controller.ErrExists, "container %s is already connected to network %s (as %s)", req.Container, n.Name, q.IfName)
-			}
+		if len(peers) > 0 {
+			return api.Errorf(api.ErrExists, "container %s is already connected to network %s (as %s)", req.Container, n.Name, peers[0].IfName)
 		}
 		return tx.PutPeer(p)
 	})
@@ -80,17 +79,14 @@ func (c *Controller) connect(ctx context.Context, req controller.ConnectRequest)
 		if done {
 			return
 		}
-		// Undo in reverse; use a fresh context so a cancelled caller still cleans up.
+		// Undo in reverse; a fresh context, so a cancelled caller still cleans up.
 		bg := context.WithoutCancel(ctx)
 		if added {
-			a := cni.Attachment{ContainerID: p.ContainerID, Netns: p.Netns, IfName: p.IfName}
-			if err := c.cni.Del(bg, cfg, a); err != nil {
-				if err := c.cni.DelEach(bg, cfg, a); err != nil {
-					c.log.WithError(err).Debugf("rollback: CNI DEL of %s on %s", p.ContainerID, n.Name)
-				}
+			if err := c.release(bg, cfg, runtimeConf(p, p.Netns)); err != nil {
+				c.log.WithError(err).Debugf("rollback: CNI DEL of %s on %s", p.ContainerID, n.Name)
 			}
 		}
-		if err := netns.Unpin(p.Netns); err != nil {
+		if err := c.k.ns.Unpin(p.Netns); err != nil {
 			c.log.WithError(err).Warn("rollback: unpin")
 		}
 		if err := c.store.Update(bg, func(tx ds.Tx) error { return tx.DeletePeer(p.Network, p.ContainerID, p.IfName) }); err != nil {
@@ -98,30 +94,30 @@ func (c *Controller) connect(ctx context.Context, req controller.ConnectRequest)
 		}
 	}()
 
-	if err := netns.Pin(nsPath, p.Netns); err != nil {
+	if err := c.k.ns.Pin(nsPath, p.Netns); err != nil {
 		return nil, err
 	}
 	added = true // a failed ADD may have done part of its work: DEL it too
-	res, err := c.cni.Add(ctx, cfg, cni.Attachment{ContainerID: p.ContainerID, Netns: p.Netns, IfName: p.IfName})
+	res, err := c.k.cni.Add(ctx, cfg, runtimeConf(p, p.Netns))
 	if err != nil {
 		return nil, fmt.Errorf("CNI ADD: %w", err)
 	}
 	p.IPs, p.MAC, p.HostIf = res.IPs, res.MAC, res.HostIf
 	// Older results (0.2.0) and some plugins leave these out: ask the kernel.
 	if p.MAC == "" || p.HostIf == "" {
-		if mac, peer, err := netns.LinkInfo(p.Netns, p.IfName, netns.ProcPath(os.Getpid())); err == nil {
+		if mac, hostIf, err := c.k.ns.LinkInfo(p.Netns, p.IfName, netns.ProcPath(self.PID)); err == nil {
 			if p.MAC == "" {
 				p.MAC = mac
 			}
 			if p.HostIf == "" {
-				p.HostIf = peer
+				p.HostIf = hostIf
 			}
 		}
 	}
-	if err := c.applyPeerQoS(ctx, n, p); err != nil {
+	if err := c.applyPeerQoS(n, p); err != nil {
 		return nil, err
 	}
-	p.State, p.Owner = controller.PeerConnected, nil
+	p.State, p.Owner = api.PeerConnected, nil
 	err = c.store.Update(ctx, func(tx ds.Tx) error { return tx.PutPeer(p) })
 	if err != nil {
 		return nil, err
@@ -131,45 +127,54 @@ func (c *Controller) connect(ctx context.Context, req controller.ConnectRequest)
 	return p, nil
 }
 
-func (c *Controller) resolve(req controller.ConnectRequest) (*runc.Container, error) {
-	if req.ContainerID != "" {
-		if err := runc.ValidID(req.ContainerID); err != nil {
-			return nil, err
-		}
-		var pid int
-		if _, err := fmt.Sscanf(req.Container, "%d", &pid); err != nil || pid <= 0 {
-			return nil, controller.Errorf(controller.ErrInvalid, "container %s has no pid", req.ContainerID)
-		}
-		if _, err := runc.StartTime(pid); err != nil {
-			return nil, controller.Errorf(controller.ErrNotFound, "no process with pid %d", pid)
-		}
-		return &runc.Container{ID: req.ContainerID, PID: pid}, nil
-	}
-	return runc.Resolve(c.cfg.RuncRoot, req.Container)
+// runtimeConf is what the plugins are told about a peer: its container's
+// ID as CNI accepts it, and its netns ("" once the namespace is gone).
+func runtimeConf(p *api.Peer, nsPath string) cni.RuntimeConf {
+	return cni.RuntimeConf{ContainerID: api.CNIContainerID(p.ContainerID), Netns: nsPath, IfName: p.IfName}
 }
 
-func validIfName(name string) error {
-	if len(name) == 0 || len(name) > 15 || name == "." || name == ".." {
-		return controller.Errorf(controller.ErrInvalid, "interface name %q must be 1 to 15 characters", name)
+// release runs DEL for an attachment, then, if the chain's DEL fails, DEL
+// plugin by plugin, so a chain whose ADD failed half-way (or one of whose
+// plugins has gone) still gives back what the others made. It is the one
+// teardown of connect's rollback, disconnect and gc.
+func (c *Controller) release(ctx context.Context, cfg *cni.Config, rc cni.RuntimeConf) error {
+	err := c.k.cni.Del(ctx, cfg, rc)
+	if err == nil {
+		return nil
 	}
-	for _, r := range name {
-		if r == '/' || r == ':' || r <= ' ' || r > '~' {
-			return controller.Errorf(controller.ErrInvalid, "interface name %q has a character the kernel refuses", name)
-		}
+	if eachErr := c.k.cni.DelEach(ctx, cfg, rc); eachErr != nil {
+		return fmt.Errorf("CNI DEL: %w", err)
 	}
 	return nil
 }
 
+func (c *Controller) resolve(req api.ConnectRequest) (*runc.Container, error) {
+	if req.ContainerID != "" {
+		if err := api.ValidContainerID(req.ContainerID); err != nil {
+			return nil, err
+		}
+		pid, err := strconv.Atoi(req.Container)
+		if err != nil || pid <= 0 {
+			return nil, api.Errorf(api.ErrInvalid, "container %s has no pid", req.ContainerID)
+		}
+		if _, err := c.k.procs.StartTime(pid); err != nil {
+			return nil, api.Errorf(api.ErrNotFound, "no process with pid %d", pid)
+		}
+		return &runc.Container{ID: req.ContainerID, PID: pid}, nil
+	}
+	return c.k.procs.Resolve(c.cfg.RuncRoot, req.Container)
+}
+
 // Disconnect detaches a container, found by the ID or PID it was connected
 // with. It works after the container died: DEL runs against the pin.
-func (c *Controller) Disconnect(ctx context.Context, req controller.DisconnectRequest) error {
+func (c *Controller) Disconnect(ctx context.Context, req api.DisconnectRequest) error {
 	if err := c.disconnect(ctx, req); err != nil {
 		return fmt.Errorf("disconnect %s from %s: %w", req.Container, req.Network, err)
 	}
 	return nil
 }
 
-func (c *Controller) disconnect(ctx context.Context, req controller.DisconnectRequest) error {
+func (c *Controller) disconnect(ctx context.Context, req api.DisconnectRequest) error {
 	n, err := c.networkRecord(ctx, req.Network)
 	if err != nil {
 		return err
@@ -180,9 +185,9 @@ func (c *Controller) disconnect(ctx context.Context, req controller.DisconnectRe
 	}
 	switch {
 	case len(match) == 0:
-		return controller.Errorf(controller.ErrNotFound, "container %s is not connected to network %s", req.Container, req.Network)
+		return api.Errorf(api.ErrNotFound, "container %s is not connected to network %s", req.Container, req.Network)
 	case len(match) > 1:
-		return controller.Errorf(controller.ErrInvalid, "container %s has %d interfaces on network %s; choose one with --ifname", req.Container, len(match), req.Network)
+		return api.Errorf(api.ErrInvalid, "container %s has %d interfaces on network %s; choose one with --ifname", req.Container, len(match), req.Network)
 	}
 	return c.detach(ctx, n, &match[0])
 }
@@ -191,9 +196,9 @@ func (c *Controller) disconnect(ctx context.Context, req controller.DisconnectRe
 // other peers: by the name given when it is the recorded ID, else by the
 // ID the live container or process resolves to ("pid-<pid>-<start>" for a
 // plain process). Only a PID whose process is gone costs a scan.
-func (c *Controller) findPeers(ctx context.Context, network, container, ifname string) ([]controller.Peer, error) {
-	var match []controller.Peer
-	keep := func(peers []controller.Peer, ok func(controller.Peer) bool) {
+func (c *Controller) findPeers(ctx context.Context, network, container, ifname string) ([]api.Peer, error) {
+	var match []api.Peer
+	keep := func(peers []api.Peer, ok func(api.Peer) bool) {
 		for _, p := range peers {
 			if ok(p) && (ifname == "" || p.IfName == ifname) {
 				match = append(match, p)
@@ -201,33 +206,35 @@ func (c *Controller) findPeers(ctx context.Context, network, container, ifname s
 		}
 	}
 	err := c.store.View(ctx, func(tx ds.Tx) error {
+		match = nil // a View may run more than once
 		lookup := func(id string) error {
 			peers, err := tx.ContainerPeers(network, id)
-			keep(peers, func(controller.Peer) bool { return true })
+			keep(peers, func(api.Peer) bool { return true })
 			return err
 		}
-		if runc.ValidID(container) == nil {
+		if api.ValidContainerID(container) == nil {
 			if err := lookup(container); err != nil || len(match) > 0 {
 				return err
 			}
 		}
-		if ctr, err := runc.Resolve(c.cfg.RuncRoot, container); err == nil && ctr.ID != container {
+		if ctr, err := c.k.procs.Resolve(c.cfg.RuncRoot, container); err == nil && ctr.ID != container {
 			if err := lookup(ctr.ID); err != nil || len(match) > 0 {
 				return err
 			}
 		}
 		// A PID whose process is gone: only the records know it.
 		peers, err := tx.ListPeers(network)
-		keep(peers, func(p controller.Peer) bool { return fmt.Sprint(p.PID) == container })
+		keep(peers, func(p api.Peer) bool { return strconv.Itoa(p.PID) == container })
 		return err
 	})
 	return match, err
 }
 
-// detach undoes one attachment: QoS, CNI DEL (against the pin while the
-// namespace lives), the pin, then the record.
-func (c *Controller) detach(ctx context.Context, n *controller.Network, p *controller.Peer) error {
-	cfg, err := c.loadConfig(n)
+// detach undoes one peer: QoS, CNI DEL (against the pin while the
+// namespace lives), the pin, then the record. It claims the record first,
+// so two processes never tear down the same peer.
+func (c *Controller) detach(ctx context.Context, n *api.Network, p *api.Peer) error {
+	cfg, err := loadConfig(n)
 	if err != nil {
 		return err
 	}
@@ -236,27 +243,27 @@ func (c *Controller) detach(ctx context.Context, n *controller.Network, p *contr
 		return err
 	}
 	if !claimed {
-		if _, err := c.peer(ctx, p.Network, p.ContainerID, p.IfName); errors.Is(err, controller.ErrNotFound) {
+		if _, err := c.peer(ctx, p.Network, p.ContainerID, p.IfName); errors.Is(err, api.ErrNotFound) {
 			return nil // another circuit process finished it
 		}
-		return controller.Errorf(controller.ErrBusy, "another circuit process is changing container %s on network %s; try again", p.ContainerID, p.Network)
+		return api.Errorf(api.ErrBusy, "another circuit process is changing container %s on network %s; try again", p.ContainerID, p.Network)
 	}
 	nsPath := p.Netns
-	if !netns.IsNetns(nsPath) {
+	if !c.k.ns.IsNetns(nsPath) {
 		nsPath = "" // gone (reboot): DEL still releases the address
 	}
 	if nsPath != "" {
 		c.resetPeerQoS(p)
 	}
-	if err := c.cni.Del(ctx, cfg, cni.Attachment{ContainerID: p.ContainerID, Netns: nsPath, IfName: p.IfName}); err != nil {
-		return fmt.Errorf("CNI DEL: %w", err)
+	if err := c.release(ctx, cfg, runtimeConf(p, nsPath)); err != nil {
+		return err
 	}
-	if err := netns.Unpin(p.Netns); err != nil {
+	if err := c.k.ns.Unpin(p.Netns); err != nil {
 		return err
 	}
 	err = c.store.Update(ctx, func(tx ds.Tx) error {
 		err := tx.DeletePeer(p.Network, p.ContainerID, p.IfName)
-		if errors.Is(err, controller.ErrNotFound) {
+		if errors.Is(err, api.ErrNotFound) {
 			return nil
 		}
 		return err
@@ -267,8 +274,8 @@ func (c *Controller) detach(ctx context.Context, n *controller.Network, p *contr
 	return err
 }
 
-func (c *Controller) peer(ctx context.Context, network, containerID, ifname string) (*controller.Peer, error) {
-	var p *controller.Peer
+func (c *Controller) peer(ctx context.Context, network, containerID, ifname string) (*api.Peer, error) {
+	var p *api.Peer
 	err := c.store.View(ctx, func(tx ds.Tx) error {
 		var err error
 		p, err = tx.GetPeer(network, containerID, ifname)

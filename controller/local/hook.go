@@ -2,39 +2,40 @@ package local
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"reflect"
 	"strconv"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/ds"
 	"github.com/circuit-cni/circuit/pkg/cni"
 )
 
 // Hook acts on the OCI state runc hands a hook: start hooks connect the
 // container to its networks, poststop gives everything back.
-func (c *Controller) Hook(ctx context.Context, req controller.HookRequest) (*controller.HookResult, error) {
+func (c *Controller) Hook(ctx context.Context, req api.HookRequest) (*api.HookResult, error) {
+	if err := api.ValidContainerID(req.ID); err != nil {
+		return nil, fmt.Errorf("hook: %w", err)
+	}
 	switch req.Status {
 	case "creating", "created", "running":
 		return c.hookStart(ctx, req)
 	case "stopped":
 		return c.hookStop(ctx, req)
 	default:
-		return nil, fmt.Errorf("hook %s: %w: unknown container status %q", req.ID, controller.ErrInvalid, req.Status)
+		return nil, fmt.Errorf("hook %s: %w: unknown container status %q", req.ID, api.ErrInvalid, req.Status)
 	}
 }
 
-func (c *Controller) hookStart(ctx context.Context, req controller.HookRequest) (*controller.HookResult, error) {
+func (c *Controller) hookStart(ctx context.Context, req api.HookRequest) (*api.HookResult, error) {
 	if req.PID <= 0 {
-		return nil, fmt.Errorf("hook %s: %w: OCI state has no pid for status %s", req.ID, controller.ErrInvalid, req.Status)
+		return nil, fmt.Errorf("hook %s: %w: OCI state has no pid for status %s", req.ID, api.ErrInvalid, req.Status)
 	}
 	networks, err := c.hookNetworks(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("hook %s: %w", req.ID, err)
 	}
-	res := &controller.HookResult{}
+	res := &api.HookResult{}
 	var done []string
 	for _, name := range networks {
 		if c.alreadyConnected(ctx, name, req.ID, req.PID) {
@@ -45,11 +46,11 @@ func (c *Controller) hookStart(ctx context.Context, req controller.HookRequest) 
 		if len(networks) == 1 {
 			ifname = req.IfName
 		}
-		p, err := c.Connect(ctx, controller.ConnectRequest{Container: strconv.Itoa(req.PID), ContainerID: req.ID, Network: name, IfName: ifname})
+		p, err := c.Connect(ctx, api.ConnectRequest{Container: strconv.Itoa(req.PID), ContainerID: req.ID, Network: name, IfName: ifname})
 		if err != nil {
 			// All or nothing: a container that cannot have all its networks gets none.
 			for _, d := range done {
-				if derr := c.Disconnect(context.WithoutCancel(ctx), controller.DisconnectRequest{Container: req.ID, Network: d}); derr != nil {
+				if derr := c.Disconnect(context.WithoutCancel(ctx), api.DisconnectRequest{Container: req.ID, Network: d}); derr != nil {
 					c.log.WithError(derr).Warnf("hook %s: roll back %s", req.ID, d)
 				}
 			}
@@ -64,9 +65,10 @@ func (c *Controller) hookStart(ctx context.Context, req controller.HookRequest) 
 func (c *Controller) alreadyConnected(ctx context.Context, network, id string, pid int) bool {
 	found := false
 	c.store.View(ctx, func(tx ds.Tx) error {
+		found = false
 		peers, err := tx.ContainerPeers(network, id)
 		for _, p := range peers {
-			if p.PID == pid && p.State == controller.PeerConnected {
+			if p.PID == pid && p.State == api.PeerConnected {
 				found = true
 			}
 		}
@@ -77,12 +79,12 @@ func (c *Controller) alreadyConnected(ctx context.Context, network, id string, p
 
 // hookNetworks names the networks a container joins: the annotation or
 // CIRCUIT_NETWORK (already in req.Networks), else the CNI_CONF file.
-func (c *Controller) hookNetworks(ctx context.Context, req controller.HookRequest) ([]string, error) {
+func (c *Controller) hookNetworks(ctx context.Context, req api.HookRequest) ([]string, error) {
 	if len(req.Networks) > 0 {
 		return req.Networks, nil
 	}
 	if req.CNIConf == "" {
-		return nil, controller.Errorf(controller.ErrInvalid, "no network: set CNI_CONF or CIRCUIT_NETWORK in the hook's env, or the circuit.network annotation")
+		return nil, api.Errorf(api.ErrInvalid, "no network: set CNI_CONF or CIRCUIT_NETWORK in the hook's env, or the circuit.network annotation")
 	}
 	n, err := c.ensureNetworkFromFile(ctx, req.CNIConf)
 	if err != nil {
@@ -104,32 +106,28 @@ func (c *Controller) ensureNetworkFromFile(ctx context.Context, path string) (st
 	}
 	err = c.store.Update(ctx, func(tx ds.Tx) error {
 		old, err := tx.GetNetwork(cfg.Name)
-		if errors.Is(err, controller.ErrNotFound) {
+		if errors.Is(err, api.ErrNotFound) {
 			return tx.PutNetwork(networkFromConfig(cfg))
 		}
 		if err != nil {
 			return err
 		}
-		if !sameJSON(old.Config, raw) {
-			return controller.Errorf(controller.ErrExists, "network %s exists with a configuration different from CNI_CONF %s", cfg.Name, path)
+		if !cni.SameConfig(old.Config, raw) {
+			return api.Errorf(api.ErrExists, "network %s exists with a configuration different from CNI_CONF %s", cfg.Name, path)
 		}
 		return nil
 	})
 	return cfg.Name, err
 }
 
-func sameJSON(a, b []byte) bool {
-	var x, y any
-	return json.Unmarshal(a, &x) == nil && json.Unmarshal(b, &y) == nil && reflect.DeepEqual(x, y)
-}
-
 // hookStop disconnects the container from every network, by its ID; it
 // never deletes a network and succeeds when there is nothing to do.
-func (c *Controller) hookStop(ctx context.Context, req controller.HookRequest) (*controller.HookResult, error) {
-	var peers []controller.Peer
-	// Network by network, so the cost follows the container's attachments,
-	// not every peer on the host.
+func (c *Controller) hookStop(ctx context.Context, req api.HookRequest) (*api.HookResult, error) {
+	var peers []api.Peer
+	// Network by network, so the cost follows the container's peers, not
+	// every peer on the host.
 	err := c.store.View(ctx, func(tx ds.Tx) error {
+		peers = nil
 		networks, err := tx.ListNetworks()
 		if err != nil {
 			return err
@@ -146,7 +144,7 @@ func (c *Controller) hookStop(ctx context.Context, req controller.HookRequest) (
 	if err != nil {
 		return nil, fmt.Errorf("hook %s: %w", req.ID, err)
 	}
-	res := &controller.HookResult{}
+	res := &api.HookResult{}
 	var errs []error
 	for _, p := range peers {
 		n, err := c.networkRecord(ctx, p.Network)

@@ -5,91 +5,39 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/ds"
-	"github.com/circuit-cni/circuit/pkg/cni"
 	"github.com/circuit-cni/circuit/pkg/lb"
 )
 
-// backendFor opens the backend a service was created with; "auto" picks
-// IPVS when the kernel has it, else nftables.
-func (c *Controller) backendFor(name string) (lb.Backend, error) {
-	if name == "" || name == "auto" {
-		return lb.Auto("")
+// toLB maps a service record to the load balancer's own description.
+func toLB(s api.Service) lb.Service {
+	out := lb.Service{Name: s.Name, Address: s.Address, Protocol: s.Protocol, Scheduler: s.Scheduler, Persistence: s.Persistence}
+	for _, t := range s.Targets {
+		out.Targets = append(out.Targets, toLBTarget(t))
 	}
-	b, err := lb.Open(name, "")
-	if err != nil {
-		return nil, err
-	}
-	if err := b.Available(); err != nil {
-		b.Close()
-		return nil, err
-	}
-	return b, nil
+	return out
 }
 
-// normalize checks a service request and fills in defaults.
-func normalizeService(svc *controller.Service) error {
-	if err := cni.ValidateName(svc.Name); err != nil {
-		return controller.Errorf(controller.ErrInvalid, "service name %q: use 1 to 63 letters, digits, '_', '.' or '-'", svc.Name)
-	}
-	ap, err := lb.ParseAddrPort(svc.Address)
-	if err != nil {
-		return err
-	}
-	svc.Address = ap.String()
-	if svc.Protocol == "" {
-		svc.Protocol = "tcp"
-	}
-	svc.Protocol = strings.ToLower(svc.Protocol)
-	if !slices.Contains([]string{"tcp", "udp", "sctp"}, svc.Protocol) {
-		return controller.Errorf(controller.ErrInvalid, "protocol %q: use tcp, udp or sctp", svc.Protocol)
-	}
-	if svc.Scheduler == "" {
-		svc.Scheduler = "rr"
-	}
-	if err := lb.ValidScheduler(svc.Scheduler); err != nil {
-		return err
-	}
-	if svc.Persistence < 0 {
-		return controller.Errorf(controller.ErrInvalid, "persistence must not be negative")
-	}
-	return nil
+func toLBTarget(t api.Target) lb.Target {
+	return lb.Target{Address: t.Address, Weight: t.Weight, Forward: t.Forward}
 }
 
-func is4(addr string) bool {
-	ap, err := lb.ParseAddrPort(addr)
-	return err == nil && ap.Addr().Is4()
-}
-
-func normalizeTarget(t *controller.Target) error {
-	ap, err := lb.ParseAddrPort(t.Address)
-	if err != nil {
-		return err
+// status maps a backend's counters onto a service record.
+func status(s api.Service, st *lb.Stats) *api.ServiceStatus {
+	out := &api.ServiceStatus{Service: s, Stats: api.Counters(st.Service), Targets: map[string]api.Counters{}}
+	for addr, c := range st.Targets {
+		out.Targets[addr] = api.Counters(c)
 	}
-	t.Address = ap.String()
-	if t.Weight == 0 {
-		t.Weight = 1
-	}
-	if t.Weight < 0 || t.Weight > 65535 {
-		return controller.Errorf(controller.ErrInvalid, "weight %d: use 1 to 65535", t.Weight)
-	}
-	if t.Forward == "" {
-		t.Forward = "nat"
-	}
-	if !slices.Contains([]string{"nat", "dr", "tunnel"}, t.Forward) {
-		return controller.Errorf(controller.ErrInvalid, "forwarding method %q: use nat, dr or tunnel", t.Forward)
-	}
-	return nil
+	return out
 }
 
 // CreateService records a service, then programs the kernel; a failed
 // kernel write removes the record again.
-func (c *Controller) CreateService(ctx context.Context, svc controller.Service) (*controller.Service, error) {
-	if err := normalizeService(&svc); err != nil {
+func (c *Controller) CreateService(ctx context.Context, svc api.Service) (*api.Service, error) {
+	if err := api.NormalizeService(&svc); err != nil {
 		return nil, fmt.Errorf("lb create %s: %w", svc.Name, err)
 	}
 	unlock, err := c.lock(ctx, "lb")
@@ -97,20 +45,20 @@ func (c *Controller) CreateService(ctx context.Context, svc controller.Service) 
 		return nil, fmt.Errorf("lb create %s: %w", svc.Name, err)
 	}
 	defer unlock()
-	b, err := c.backendFor(svc.Backend)
+	b, err := c.k.lb(svc.Backend)
 	if err != nil {
 		return nil, fmt.Errorf("lb create %s: %w", svc.Name, err)
 	}
 	defer b.Close()
 	svc.Backend = b.Name()
-	svc.Targets = []controller.Target{}
+	svc.Targets = []api.Target{}
 	svc.CreatedAt = time.Now().UTC()
-	if err := b.Validate(svc); err != nil {
+	if err := b.Validate(toLB(svc)); err != nil {
 		return nil, fmt.Errorf("lb create %s: %w", svc.Name, err)
 	}
 	err = c.store.Update(ctx, func(tx ds.Tx) error {
 		if _, err := tx.GetService(svc.Name); err == nil {
-			return controller.Errorf(controller.ErrExists, "service %s already exists", svc.Name)
+			return api.Errorf(api.ErrExists, "service %s already exists", svc.Name)
 		}
 		all, err := tx.ListServices()
 		if err != nil {
@@ -118,7 +66,7 @@ func (c *Controller) CreateService(ctx context.Context, svc controller.Service) 
 		}
 		for _, o := range all {
 			if o.Address == svc.Address && o.Protocol == svc.Protocol {
-				return controller.Errorf(controller.ErrExists, "service %s already balances %s/%s", o.Name, svc.Address, svc.Protocol)
+				return api.Errorf(api.ErrExists, "service %s already balances %s/%s", o.Name, svc.Address, svc.Protocol)
 			}
 		}
 		return tx.PutService(&svc)
@@ -126,8 +74,8 @@ func (c *Controller) CreateService(ctx context.Context, svc controller.Service) 
 	if err != nil {
 		return nil, fmt.Errorf("lb create %s: %w", svc.Name, err)
 	}
-	if err := b.Ensure(svc); err != nil {
-		b.Delete(svc)
+	if err := b.Ensure(toLB(svc)); err != nil {
+		b.Delete(toLB(svc))
 		c.forgetService(ctx, svc.Name)
 		return nil, fmt.Errorf("lb create %s: %s backend: %w", svc.Name, b.Name(), err)
 	}
@@ -141,8 +89,8 @@ func (c *Controller) forgetService(ctx context.Context, name string) {
 	}
 }
 
-func (c *Controller) service(ctx context.Context, name string) (*controller.Service, error) {
-	var svc *controller.Service
+func (c *Controller) service(ctx context.Context, name string) (*api.Service, error) {
+	var svc *api.Service
 	err := c.store.View(ctx, func(tx ds.Tx) error {
 		var err error
 		svc, err = tx.GetService(name)
@@ -154,7 +102,7 @@ func (c *Controller) service(ctx context.Context, name string) (*controller.Serv
 // changeTargets records a service's new target list and applies the
 // difference to the kernel, one target at a time; on failure the record
 // and the kernel go back to how they were.
-func (c *Controller) changeTargets(ctx context.Context, name string, edit func(svc *controller.Service) ([]controller.Target, error), remove bool) error {
+func (c *Controller) changeTargets(ctx context.Context, name string, edit func(svc *api.Service) ([]api.Target, error), remove bool) error {
 	unlock, err := c.lock(ctx, "lb")
 	if err != nil {
 		return err
@@ -170,12 +118,12 @@ func (c *Controller) changeTargets(ctx context.Context, name string, edit func(s
 	if err != nil {
 		return err
 	}
-	b, err := c.backendFor(old.Backend)
+	b, err := c.k.lb(old.Backend)
 	if err != nil {
 		return err
 	}
 	defer b.Close()
-	if err := b.Validate(next); err != nil {
+	if err := b.Validate(toLB(next)); err != nil {
 		return err
 	}
 	err = c.store.Update(ctx, func(tx ds.Tx) error {
@@ -184,7 +132,7 @@ func (c *Controller) changeTargets(ctx context.Context, name string, edit func(s
 			return err
 		}
 		if !slices.Equal(cur.Targets, old.Targets) {
-			return controller.Errorf(controller.ErrBusy, "service %s changed meanwhile; try again", name)
+			return api.Errorf(api.ErrBusy, "service %s changed meanwhile; try again", name)
 		}
 		return tx.PutService(&next)
 	})
@@ -193,13 +141,13 @@ func (c *Controller) changeTargets(ctx context.Context, name string, edit func(s
 	}
 	for _, t := range changed {
 		if remove {
-			err = b.RemoveTarget(next, t)
+			err = b.RemoveTarget(toLB(next), toLBTarget(t))
 		} else {
-			err = b.AddTarget(next, t)
+			err = b.AddTarget(toLB(next), toLBTarget(t))
 		}
 		if err != nil {
 			err = fmt.Errorf("%s backend: %w", b.Name(), err)
-			if rerr := b.Ensure(*old); rerr != nil {
+			if rerr := b.Ensure(toLB(*old)); rerr != nil {
 				c.log.WithError(rerr).Warnf("rollback: restore service %s in the kernel", name)
 			}
 			if rerr := c.store.Update(context.WithoutCancel(ctx), func(tx ds.Tx) error { return tx.PutService(old) }); rerr != nil {
@@ -212,21 +160,18 @@ func (c *Controller) changeTargets(ctx context.Context, name string, edit func(s
 }
 
 // AddTargets adds real servers to a service.
-func (c *Controller) AddTargets(ctx context.Context, service string, targets []controller.Target) error {
-	err := c.changeTargets(ctx, service, func(svc *controller.Service) ([]controller.Target, error) {
+func (c *Controller) AddTargets(ctx context.Context, service string, targets []api.Target) error {
+	err := c.changeTargets(ctx, service, func(svc *api.Service) ([]api.Target, error) {
 		if len(targets) == 0 {
-			return nil, controller.Errorf(controller.ErrInvalid, "no target given")
+			return nil, api.Errorf(api.ErrInvalid, "no target given")
 		}
-		var added []controller.Target
+		var added []api.Target
 		for _, t := range targets {
-			if err := normalizeTarget(&t); err != nil {
+			if err := api.NormalizeTarget(svc, &t); err != nil {
 				return nil, err
 			}
-			if slices.ContainsFunc(svc.Targets, func(o controller.Target) bool { return o.Address == t.Address }) {
-				return nil, controller.Errorf(controller.ErrExists, "target %s is already in service %s", t.Address, svc.Name)
-			}
-			if is4(t.Address) != is4(svc.Address) {
-				return nil, controller.Errorf(controller.ErrInvalid, "target %s and service address %s are of different IP families", t.Address, svc.Address)
+			if slices.ContainsFunc(svc.Targets, func(o api.Target) bool { return o.Address == t.Address }) {
+				return nil, api.Errorf(api.ErrExists, "target %s is already in service %s", t.Address, svc.Name)
 			}
 			svc.Targets = append(svc.Targets, t)
 			added = append(added, t)
@@ -241,19 +186,19 @@ func (c *Controller) AddTargets(ctx context.Context, service string, targets []c
 
 // RemoveTargets takes real servers out of a service.
 func (c *Controller) RemoveTargets(ctx context.Context, service string, targets []string) error {
-	err := c.changeTargets(ctx, service, func(svc *controller.Service) ([]controller.Target, error) {
+	err := c.changeTargets(ctx, service, func(svc *api.Service) ([]api.Target, error) {
 		if len(targets) == 0 {
-			return nil, controller.Errorf(controller.ErrInvalid, "no target given")
+			return nil, api.Errorf(api.ErrInvalid, "no target given")
 		}
-		var removed []controller.Target
+		var removed []api.Target
 		for _, addr := range targets {
-			ap, err := lb.ParseAddrPort(addr)
+			ap, err := api.ParseAddrPort(addr)
 			if err != nil {
 				return nil, err
 			}
-			i := slices.IndexFunc(svc.Targets, func(o controller.Target) bool { return o.Address == ap.String() })
+			i := slices.IndexFunc(svc.Targets, func(o api.Target) bool { return o.Address == ap.String() })
 			if i < 0 {
-				return nil, controller.Errorf(controller.ErrNotFound, "target %s is not in service %s", addr, svc.Name)
+				return nil, api.Errorf(api.ErrNotFound, "target %s is not in service %s", addr, svc.Name)
 			}
 			removed = append(removed, svc.Targets[i])
 			svc.Targets = slices.Delete(svc.Targets, i, i+1)
@@ -278,10 +223,10 @@ func (c *Controller) DeleteService(ctx context.Context, service string) error {
 	if err != nil {
 		return fmt.Errorf("lb delete %s: %w", service, err)
 	}
-	if b, err := lb.Open(svc.Backend, ""); err == nil {
-		derr := b.Delete(*svc)
+	if b, err := c.k.lb(svc.Backend); err == nil {
+		derr := b.Delete(toLB(*svc))
 		b.Close()
-		if derr != nil && !errors.Is(derr, controller.ErrUnsupported) {
+		if derr != nil && !errors.Is(derr, api.ErrUnsupported) {
 			return fmt.Errorf("lb delete %s: %s backend: %w", service, svc.Backend, derr)
 		}
 	}
@@ -293,8 +238,8 @@ func (c *Controller) DeleteService(ctx context.Context, service string) error {
 }
 
 // ListServices returns the recorded services, sorted by name.
-func (c *Controller) ListServices(ctx context.Context) ([]controller.Service, error) {
-	var out []controller.Service
+func (c *Controller) ListServices(ctx context.Context) ([]api.Service, error) {
+	var out []api.Service
 	err := c.store.View(ctx, func(tx ds.Tx) error {
 		var err error
 		out, err = tx.ListServices()
@@ -304,21 +249,21 @@ func (c *Controller) ListServices(ctx context.Context) ([]controller.Service, er
 }
 
 // ShowService adds the kernel's live counters to a service.
-func (c *Controller) ShowService(ctx context.Context, service string) (*controller.ServiceStatus, error) {
+func (c *Controller) ShowService(ctx context.Context, service string) (*api.ServiceStatus, error) {
 	svc, err := c.service(ctx, service)
 	if err != nil {
 		return nil, fmt.Errorf("lb show %s: %w", service, err)
 	}
-	b, err := c.backendFor(svc.Backend)
+	b, err := c.k.lb(svc.Backend)
 	if err != nil {
 		return nil, fmt.Errorf("lb show %s: %w", service, err)
 	}
 	defer b.Close()
-	st, err := b.Stats(*svc)
+	st, err := b.Stats(toLB(*svc))
 	if err != nil {
 		return nil, fmt.Errorf("lb show %s: %s backend: %w", service, svc.Backend, err)
 	}
-	return st, nil
+	return status(*svc, st), nil
 }
 
 // restoreServices programs every recorded service the kernel lacks
@@ -336,17 +281,17 @@ func (c *Controller) restoreServices(ctx context.Context) ([]string, error) {
 	var acts []string
 	var errs []error
 	for _, svc := range svcs {
-		b, err := c.backendFor(svc.Backend)
+		b, err := c.k.lb(svc.Backend)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("restore service %s: %w", svc.Name, err))
 			continue
 		}
-		st, err := b.Stats(svc)
+		st, err := b.Stats(toLB(svc))
 		if err == nil && sameTargets(st.Targets, svc.Targets) {
 			b.Close()
 			continue
 		}
-		if err := b.Ensure(svc); err != nil {
+		if err := b.Ensure(toLB(svc)); err != nil {
 			errs = append(errs, fmt.Errorf("restore service %s: %s backend: %w", svc.Name, b.Name(), err))
 		} else {
 			acts = append(acts, fmt.Sprintf("restored service %s (%s, %s) with %s", svc.Name, svc.Address, plural(len(svc.Targets), "target"), b.Name()))
@@ -357,7 +302,7 @@ func (c *Controller) restoreServices(ctx context.Context) ([]string, error) {
 }
 
 // sameTargets compares the kernel's per-target counters' keys with the record.
-func sameTargets(kernel map[string]controller.Counters, want []controller.Target) bool {
+func sameTargets(kernel map[string]lb.Counters, want []api.Target) bool {
 	if len(kernel) != len(want) {
 		return false
 	}

@@ -1,5 +1,10 @@
 // Package local is circuit's default Controller: libcni, netlink and netns
 // on this host, with state in a ds.Datastore.
+//
+// The kernel side sits behind small interfaces (kernel.go): CNI runtime,
+// network namespaces, the shaper, load-balancer backends and the process
+// table. New wires the real ones; unit tests give gc and restore fakes, so
+// their decisions are tested without root.
 package local
 
 import (
@@ -11,10 +16,9 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/ds"
 	"github.com/circuit-cni/circuit/ds/bolt"
-	"github.com/circuit-cni/circuit/pkg/cni"
 	"github.com/circuit-cni/circuit/pkg/runc"
 )
 
@@ -35,18 +39,35 @@ type Config struct {
 type Controller struct {
 	cfg   Config
 	store ds.Datastore
-	cni   *cni.Runtime
+	k     kernel
 	log   *logrus.Logger
 }
-
-var _ controller.Controller = (*Controller)(nil)
 
 // New opens the state dir. circuit changes the kernel's network state, so
 // it refuses to start without root.
 func New(cfg Config) (*Controller, error) {
 	if os.Geteuid() != 0 {
-		return nil, controller.Errorf(controller.ErrPermission, "circuit must run as root (it needs CAP_NET_ADMIN and CAP_SYS_ADMIN to change network namespaces)")
+		return nil, api.Errorf(api.ErrPermission, "circuit must run as root (it needs CAP_NET_ADMIN and CAP_SYS_ADMIN to change network namespaces)")
 	}
+	cfg = withDefaults(cfg)
+	var opts []bolt.Option
+	if cfg.LockTimeout > 0 {
+		opts = append(opts, bolt.WithTimeout(cfg.LockTimeout))
+	}
+	store, err := bolt.Open(cfg.StateDir, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return newController(cfg, store, hostKernel(cfg)), nil
+}
+
+// newController assembles a controller from its parts; tests pass fakes.
+func newController(cfg Config, store ds.Datastore, k kernel) *Controller {
+	cfg = withDefaults(cfg)
+	return &Controller{cfg: cfg, store: store, k: k, log: cfg.Log}
+}
+
+func withDefaults(cfg Config) Config {
 	if cfg.StateDir == "" {
 		cfg.StateDir = DefaultStateDir
 	}
@@ -56,27 +77,14 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Log == nil {
 		cfg.Log = logrus.StandardLogger()
 	}
-	var opts []bolt.Option
-	if cfg.LockTimeout > 0 {
-		opts = append(opts, bolt.WithTimeout(cfg.LockTimeout))
-	}
-	store, err := bolt.Open(cfg.StateDir, opts...)
-	if err != nil {
-		return nil, err
-	}
-	return &Controller{
-		cfg:   cfg,
-		store: store,
-		cni:   cni.NewRuntime(cfg.CNIPath, filepath.Join(cfg.StateDir, "cache")),
-		log:   cfg.Log,
-	}, nil
+	return cfg
 }
 
 // Close releases the datastore.
 func (c *Controller) Close() error { return c.store.Close() }
 
-// pinPath is where a peer's netns is pinned: one pin per attachment, named
-// by a hash so no user-supplied string becomes a path.
+// pinPath is where a peer's netns is pinned: one pin per peer, named by a
+// hash so no user-supplied string becomes a path.
 func (c *Controller) pinPath(network, containerID, ifname string) string {
 	sum := sha256.Sum256([]byte(network + "\x00" + containerID + "\x00" + ifname))
 	return filepath.Join(c.cfg.StateDir, "netns", hex.EncodeToString(sum[:12]))

@@ -13,7 +13,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/pkg/netns"
 	"github.com/circuit-cni/circuit/pkg/runc"
 	"github.com/circuit-cni/circuit/pkg/testutil"
@@ -64,7 +64,7 @@ func (e *env) bridgeConf(name, subnet string) []byte {
 }`, name, e.bridge, subnet, e.ipam)
 }
 
-func (e *env) create(conf []byte) *controller.Network {
+func (e *env) create(conf []byte) *api.Network {
 	e.t.Helper()
 	n, err := e.c.CreateNetwork(context.Background(), conf, false)
 	if err != nil {
@@ -73,9 +73,9 @@ func (e *env) create(conf []byte) *controller.Network {
 	return n
 }
 
-func (e *env) connect(s *testutil.Sleeper, network string) *controller.Peer {
+func (e *env) connect(s *testutil.Sleeper, network string) *api.Peer {
 	e.t.Helper()
-	p, err := e.c.Connect(context.Background(), controller.ConnectRequest{Container: fmt.Sprint(s.PID), Network: network})
+	p, err := e.c.Connect(context.Background(), api.ConnectRequest{Container: fmt.Sprint(s.PID), Network: network})
 	if err != nil {
 		e.t.Fatalf("connect: %v", err)
 	}
@@ -134,20 +134,20 @@ func TestConnectBridgeAndDisconnect(t *testing.T) {
 		t.Fatalf("no masquerade rule for %s after connect", p.ContainerID)
 	}
 	n, err := e.c.InspectNetwork(ctx, "sandbox")
-	if err != nil || len(n.Peers) != 1 || n.Peers[0].State != controller.PeerConnected {
+	if err != nil || len(n.Peers) != 1 || n.Peers[0].State != api.PeerConnected {
 		t.Fatalf("inspect = %+v, %v; want one connected peer", n, err)
 	}
 
 	// A second connect of the same container is refused and changes nothing.
-	_, err = e.c.Connect(ctx, controller.ConnectRequest{Container: fmt.Sprint(s.PID), Network: "sandbox"})
-	if !errors.Is(err, controller.ErrExists) {
+	_, err = e.c.Connect(ctx, api.ConnectRequest{Container: fmt.Sprint(s.PID), Network: "sandbox"})
+	if !errors.Is(err, api.ErrExists) {
 		t.Fatalf("second connect: err = %v, want ErrExists", err)
 	}
 	if got := e.reservations("sandbox"); len(got) != 1 {
 		t.Fatalf("after refused connect: reservations = %v", got)
 	}
 
-	if err := e.c.Disconnect(ctx, controller.DisconnectRequest{Container: fmt.Sprint(s.PID), Network: "sandbox"}); err != nil {
+	if err := e.c.Disconnect(ctx, api.DisconnectRequest{Container: fmt.Sprint(s.PID), Network: "sandbox"}); err != nil {
 		t.Fatal(err)
 	}
 	e.assertGone(p)
@@ -157,7 +157,7 @@ func TestConnectBridgeAndDisconnect(t *testing.T) {
 }
 
 // assertGone checks that nothing of an attachment is left.
-func (e *env) assertGone(p *controller.Peer) {
+func (e *env) assertGone(p *api.Peer) {
 	e.t.Helper()
 	if got := e.reservations(p.Network); len(got) != 0 {
 		e.t.Errorf("host-local reservations left: %v", got)
@@ -186,7 +186,7 @@ func TestDisconnectAfterContainerDied(t *testing.T) {
 	p := e.connect(s, "deadnet")
 	s.Kill()
 	// By PID, as the seed does, although the process is gone.
-	if err := e.c.Disconnect(context.Background(), controller.DisconnectRequest{Container: fmt.Sprint(p.PID), Network: "deadnet"}); err != nil {
+	if err := e.c.Disconnect(context.Background(), api.DisconnectRequest{Container: fmt.Sprint(p.PID), Network: "deadnet"}); err != nil {
 		t.Fatal(err)
 	}
 	e.assertGone(p)
@@ -201,12 +201,12 @@ func TestFailedConnectLeavesNothing(t *testing.T) {
 	  {"type": "no-such-plugin"}]}`, e.bridge, e.ipam)
 	e.create(conf)
 	s := testutil.NewSleeper(t)
-	_, err := e.c.Connect(context.Background(), controller.ConnectRequest{Container: fmt.Sprint(s.PID), Network: "broken"})
+	_, err := e.c.Connect(context.Background(), api.ConnectRequest{Container: fmt.Sprint(s.PID), Network: "broken"})
 	if err == nil || !strings.Contains(err.Error(), "no-such-plugin") {
 		t.Fatalf("connect through a missing plugin: err = %v, want one naming no-such-plugin", err)
 	}
 	ctr, _ := runc.Resolve("", fmt.Sprint(s.PID))
-	e.assertGone(&controller.Peer{Network: "broken", ContainerID: ctr.ID})
+	e.assertGone(&api.Peer{Network: "broken", ContainerID: ctr.ID})
 	out, _ := exec.Command("ip", "-o", "link", "show", "master", e.bridge).CombinedOutput()
 	if strings.TrimSpace(string(out)) != "" {
 		t.Errorf("veth left on the bridge:\n%s", out)
@@ -231,7 +231,7 @@ func TestConnectPTP(t *testing.T) {
 	if out, err := s.Exec("ping", "-c", "1", "-W", "2", gw); err != nil {
 		t.Fatalf("ping %s: %v\n%s", gw, err, out)
 	}
-	if err := e.c.Disconnect(context.Background(), controller.DisconnectRequest{Container: p.ContainerID, Network: "p2p"}); err != nil {
+	if err := e.c.Disconnect(context.Background(), api.DisconnectRequest{Container: p.ContainerID, Network: "p2p"}); err != nil {
 		t.Fatal(err)
 	}
 	e.assertGone(p)
@@ -265,8 +265,8 @@ func TestConnectMacvlan(t *testing.T) {
 		t.Fatalf("ping between macvlan peers: %v\n%s", err, out)
 	}
 	ctx := context.Background()
-	for _, p := range []*controller.Peer{pa, pb} {
-		if err := e.c.Disconnect(ctx, controller.DisconnectRequest{Container: p.ContainerID, Network: "mvl"}); err != nil {
+	for _, p := range []*api.Peer{pa, pb} {
+		if err := e.c.Disconnect(ctx, api.DisconnectRequest{Container: p.ContainerID, Network: "mvl"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -293,7 +293,7 @@ func TestConnectChain(t *testing.T) {
 	if out, _ := s.Exec("cat", "/proc/sys/net/core/somaxconn"); strings.TrimSpace(string(out)) != "512" {
 		t.Errorf("tuning plugin did not run: somaxconn = %q", out)
 	}
-	if err := e.c.Disconnect(context.Background(), controller.DisconnectRequest{Container: p.ContainerID, Network: "chain"}); err != nil {
+	if err := e.c.Disconnect(context.Background(), api.DisconnectRequest{Container: p.ContainerID, Network: "chain"}); err != nil {
 		t.Fatal(err)
 	}
 	e.assertGone(p)
@@ -310,38 +310,38 @@ func TestBadInputChangesNothing(t *testing.T) {
 		err  error
 		do   func() error
 	}{
-		{"unknown network", controller.ErrNotFound, func() error {
-			_, err := e.c.Connect(ctx, controller.ConnectRequest{Container: fmt.Sprint(s.PID), Network: "nope"})
+		{"unknown network", api.ErrNotFound, func() error {
+			_, err := e.c.Connect(ctx, api.ConnectRequest{Container: fmt.Sprint(s.PID), Network: "nope"})
 			return err
 		}},
-		{"no such pid", controller.ErrNotFound, func() error {
-			_, err := e.c.Connect(ctx, controller.ConnectRequest{Container: "999999999", Network: "keep"})
+		{"no such pid", api.ErrNotFound, func() error {
+			_, err := e.c.Connect(ctx, api.ConnectRequest{Container: "999999999", Network: "keep"})
 			return err
 		}},
-		{"no such runc id", controller.ErrNotFound, func() error {
-			_, err := e.c.Connect(ctx, controller.ConnectRequest{Container: "web-00", Network: "keep"})
+		{"no such runc id", api.ErrNotFound, func() error {
+			_, err := e.c.Connect(ctx, api.ConnectRequest{Container: "web-00", Network: "keep"})
 			return err
 		}},
-		{"path as name", controller.ErrInvalid, func() error {
+		{"path as name", api.ErrInvalid, func() error {
 			_, err := e.c.CreateNetwork(ctx, []byte(`{"cniVersion":"0.4.0","name":"../etc","type":"bridge"}`), false)
 			return err
 		}},
-		{"path as type", controller.ErrInvalid, func() error {
+		{"path as type", api.ErrInvalid, func() error {
 			_, err := e.c.CreateNetwork(ctx, []byte(`{"cniVersion":"0.4.0","name":"x","type":"../../bin/sh"}`), false)
 			return err
 		}},
-		{"duplicate name", controller.ErrExists, func() error {
+		{"duplicate name", api.ErrExists, func() error {
 			_, err := e.c.CreateNetwork(ctx, e.bridgeConf("keep", "10.210.8.0/24"), false)
 			return err
 		}},
-		{"bad ifname", controller.ErrInvalid, func() error {
-			_, err := e.c.Connect(ctx, controller.ConnectRequest{Container: fmt.Sprint(s.PID), Network: "keep", IfName: "../x"})
+		{"bad ifname", api.ErrInvalid, func() error {
+			_, err := e.c.Connect(ctx, api.ConnectRequest{Container: fmt.Sprint(s.PID), Network: "keep", IfName: "../x"})
 			return err
 		}},
-		{"disconnect unknown", controller.ErrNotFound, func() error {
-			return e.c.Disconnect(ctx, controller.DisconnectRequest{Container: fmt.Sprint(s.PID), Network: "keep"})
+		{"disconnect unknown", api.ErrNotFound, func() error {
+			return e.c.Disconnect(ctx, api.DisconnectRequest{Container: fmt.Sprint(s.PID), Network: "keep"})
 		}},
-		{"delete unknown", controller.ErrNotFound, func() error { return e.c.DeleteNetwork(ctx, "nope", false) }},
+		{"delete unknown", api.ErrNotFound, func() error { return e.c.DeleteNetwork(ctx, "nope", false) }},
 	}
 	for _, tc := range cases {
 		if err := tc.do(); !errors.Is(err, tc.err) {
@@ -371,7 +371,7 @@ func TestDeleteNetwork(t *testing.T) {
 	e.create(e.bridgeConf("gone", "10.210.9.0/24"))
 	s := testutil.NewSleeper(t)
 	p := e.connect(s, "gone")
-	if err := e.c.DeleteNetwork(ctx, "gone", false); !errors.Is(err, controller.ErrInUse) {
+	if err := e.c.DeleteNetwork(ctx, "gone", false); !errors.Is(err, api.ErrInUse) {
 		t.Fatalf("delete with a peer: err = %v, want ErrInUse", err)
 	}
 	if err := e.c.DeleteNetwork(ctx, "gone", true); err != nil {
@@ -383,7 +383,7 @@ func TestDeleteNetwork(t *testing.T) {
 	if r := natRules(t, p.ContainerID); r != "" {
 		t.Errorf("NAT rules left: %s", r)
 	}
-	if _, err := e.c.InspectNetwork(ctx, "gone"); !errors.Is(err, controller.ErrNotFound) {
+	if _, err := e.c.InspectNetwork(ctx, "gone"); !errors.Is(err, api.ErrNotFound) {
 		t.Errorf("inspect after delete: %v", err)
 	}
 }

@@ -8,9 +8,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/circuit-cni/circuit/api"
 	"golang.org/x/sys/unix"
-
-	"github.com/circuit-cni/circuit/controller"
 )
 
 // lock takes an exclusive flock on <state>/<name>.lock, so that kernel
@@ -38,7 +37,7 @@ func (c *Controller) lock(ctx context.Context, name string) (unlock func(), err 
 		}
 		if time.Now().After(deadline) {
 			f.Close()
-			return nil, fmt.Errorf("%w: another circuit process held %s for more than %s", controller.ErrBusy, path, timeout)
+			return nil, fmt.Errorf("%w: another circuit process held %s for more than %s", api.ErrBusy, path, timeout)
 		}
 		select {
 		case <-ctx.Done():

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/ds"
 	"github.com/circuit-cni/circuit/pkg/cni"
 	"github.com/circuit-cni/circuit/pkg/netns"
@@ -26,12 +26,12 @@ func TestGCRemovesDeadKeepsLive(t *testing.T) {
 	// cached and host-local reserved, which no record explains.
 	orphan := testutil.NewSleeper(t)
 	n, _ := e.c.InspectNetwork(ctx, "gcnet")
-	cfg, _ := e.c.loadConfig(n)
+	cfg, _ := loadConfig(n)
 	pin := filepath.Join(e.state, "netns", "orphan")
 	if err := netns.Pin(netns.ProcPath(orphan.PID), pin); err != nil {
 		t.Fatal(err)
 	}
-	res, err := e.c.cni.Add(ctx, cfg, cni.Attachment{ContainerID: "orphan-1", Netns: pin, IfName: "eth0"})
+	res, err := e.c.k.cni.Add(ctx, cfg, cni.RuntimeConf{ContainerID: "orphan-1", Netns: pin, IfName: "eth0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestGCFinishesInterruptedConnect(t *testing.T) {
 	p := e.connect(s, "half")
 	// Make the record look like a connect that died after recording intent.
 	// Owned by a process that is gone (pid 0 never has our start time).
-	p.State, p.Owner = controller.PeerConnecting, &controller.Process{PID: 1, Start: 1}
+	p.State, p.Owner = api.PeerConnecting, &api.Process{PID: 1, Start: 1}
 	if err := e.c.store.Update(ctx, func(tx ds.Tx) error { return tx.PutPeer(p) }); err != nil {
 		t.Fatal(err)
 	}

@@ -5,63 +5,47 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/circuit-cni/circuit/controller"
-	"github.com/circuit-cni/circuit/pkg/qos"
+	"github.com/circuit-cni/circuit/api"
 )
 
 // Restore makes the kernel match the datastore, after a reboot or a flush:
 // peers whose container is gone are disconnected (releasing their
 // addresses), live peers get their QoS back, and load-balancer services
 // and targets are programmed again. A second run finds nothing to do.
-func (c *Controller) Restore(ctx context.Context) (*controller.Report, error) {
-	rep := &controller.Report{Actions: []string{}}
+func (c *Controller) Restore(ctx context.Context) (*api.Report, error) {
+	rep := &api.Report{Actions: []string{}}
 	var errs []error
 	nets, err := c.ListNetworks(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	procs := &procScan{}
+	procs := c.pluginScan()
 	for ni := range nets {
 		n := &nets[ni]
 		for pi := range n.Peers {
 			p := &n.Peers[pi]
 			if why := c.stale(p, procs); why != "" {
-				if claimed, err := c.claim(ctx, p); err != nil || !claimed {
-					if err != nil {
-						errs = append(errs, fmt.Errorf("restore: disconnect %s from %s: %w", p.ContainerID, n.Name, err))
-					}
-					continue // changed since it was read: not ours to remove
-				}
-				if err := c.detach(ctx, n, p); err != nil {
+				done, err := c.reap(ctx, n, p)
+				if err != nil {
 					errs = append(errs, fmt.Errorf("restore: disconnect %s from %s: %w", p.ContainerID, n.Name, err))
 					continue
 				}
-				line := fmt.Sprintf("disconnected %s from %s (%s)", p.ContainerID, n.Name, why)
-				if len(p.IPs) > 0 {
-					line += ", released " + strings.Join(p.IPs, ", ")
+				if done {
+					line := fmt.Sprintf("disconnected %s from %s (%s)", p.ContainerID, n.Name, why)
+					if len(p.IPs) > 0 {
+						line += ", released " + strings.Join(p.IPs, ", ")
+					}
+					rep.Actions = append(rep.Actions, line)
 				}
+				continue
+			}
+			line, err := c.restoreQoS(n, p)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("restore: qos of %s on %s: %w", p.ContainerID, n.Name, err))
+			}
+			if line != "" {
 				rep.Actions = append(rep.Actions, line)
-				continue
 			}
-			if p.State != controller.PeerConnected {
-				continue
-			}
-			pol, _ := effective(n, p)
-			if pol == nil {
-				continue
-			}
-			if err := c.ownPin(p); err != nil {
-				errs = append(errs, fmt.Errorf("restore: qos of %s on %s: %w", p.ContainerID, n.Name, err))
-				continue
-			}
-			if qosInPlace(p, pol) {
-				continue
-			}
-			if err := qos.Apply(p.Netns, p.IfName, *pol); err != nil {
-				errs = append(errs, fmt.Errorf("restore: qos of %s on %s: %w", p.ContainerID, n.Name, err))
-				continue
-			}
-			rep.Actions = append(rep.Actions, fmt.Sprintf("re-applied qos to %s on %s", p.ContainerID, n.Name))
 		}
 	}
 	acts, err := c.restoreServices(ctx)
@@ -72,16 +56,38 @@ func (c *Controller) Restore(ctx context.Context) (*controller.Report, error) {
 	return rep, joinErrors(errs...)
 }
 
+// restoreQoS re-applies a live peer's effective policy if circuit's shaping
+// is missing from its interface.
+func (c *Controller) restoreQoS(n *api.Network, p *api.Peer) (string, error) {
+	if p.State != api.PeerConnected {
+		return "", nil
+	}
+	pol, _ := effective(n, p)
+	if pol == nil {
+		return "", nil
+	}
+	if err := c.ownPin(p); err != nil {
+		return "", err
+	}
+	if c.qosInPlace(p, pol) {
+		return "", nil
+	}
+	if err := c.k.shaper.Apply(p.Netns, p.IfName, shape(*pol)); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("re-applied qos to %s on %s", p.ContainerID, n.Name), nil
+}
+
 // qosInPlace reports whether circuit's shaping for pol is on the interface.
-func qosInPlace(p *controller.Peer, pol *controller.QoSPolicy) bool {
-	eg, in, err := qos.Stats(p.Netns, p.IfName)
+func (c *Controller) qosInPlace(p *api.Peer, pol *api.QoSPolicy) bool {
+	eg, in, err := c.k.shaper.Stats(p.Netns, p.IfName)
 	if err != nil {
 		return false
 	}
 	switch pol.Direction {
-	case controller.DirIngress:
+	case api.DirIngress:
 		return in != nil
-	case controller.DirBoth:
+	case api.DirBoth:
 		return eg != nil && in != nil
 	}
 	return eg != nil

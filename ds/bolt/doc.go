@@ -8,7 +8,7 @@
 // Update opens it read-write, runs one transaction and closes it; View does
 // the same read-only, so readers share the lock. Waiting for the lock is
 // bounded by WithTimeout (10s by default); past it a transaction fails with
-// an error wrapping controller.ErrBusy.
+// an error wrapping api.ErrBusy.
 //
 // # Layout
 //
@@ -16,19 +16,23 @@
 //
 //	v1/
 //	  meta/
-//	    schema -> "1"                  decimal schema version
+//	    schema -> "2"                  decimal schema version
 //	  networks/
 //	    <name>/
-//	      config -> JSON of controller.Network, Peers always empty
+//	      config -> record.Network (never its peers)
 //	      peers/
 //	        <containerID>/
-//	          <ifname> -> JSON of controller.Peer
+//	          <ifname> -> record.Peer
 //	  services/
-//	    <name> -> JSON of controller.Service
+//	    <name> -> record.Service
 //
+// Values are package record's versioned records, not the CLI's JSON.
 // Keys are the objects' names, so bbolt's byte order gives sorted lists for
-// free. Names must be non-empty and must not contain "/" or NUL or be "." or
-// "..": the controller validates more strictly, this is defence in depth.
+// free. Every key is judged by circuit's rule for its kind (package api),
+// as the CLI and the controllers judge it.
+//
+// Schema 1 stored the CLI's JSON of the day; migration 2 rewrote every
+// value as a record (schema.go, tested on a file today's binary made).
 //
 // # Schema versions
 //

@@ -17,8 +17,9 @@ import (
 
 	"go.etcd.io/bbolt"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/ds"
+	"github.com/circuit-cni/circuit/ds/dstest"
 )
 
 const (
@@ -85,38 +86,7 @@ func incrementRecords(dir, id, rounds string) error {
 	}
 	defer s.Close()
 	for range n {
-		err := s.Update(context.Background(), func(tx ds.Tx) error {
-			if _, err := tx.GetNetwork("net"); errors.Is(err, controller.ErrNotFound) {
-				if err := tx.PutNetwork(testNetwork("net")); err != nil {
-					return err
-				}
-			} else if err != nil {
-				return err
-			}
-			p, err := tx.GetPeer("net", "c"+id, "eth0")
-			if errors.Is(err, controller.ErrNotFound) {
-				p, err = testPeer("net", "c"+id, "eth0"), nil
-				p.PID = 0
-			}
-			if err != nil {
-				return err
-			}
-			p.PID++
-			if err := tx.PutPeer(p); err != nil {
-				return err
-			}
-
-			svc, err := tx.GetService("shared")
-			if errors.Is(err, controller.ErrNotFound) {
-				svc, err = testService("shared"), nil
-				svc.Targets[0].Weight = 0
-			}
-			if err != nil {
-				return err
-			}
-			svc.Targets[0].Weight++
-			return tx.PutService(svc)
-		})
+		err := s.Update(context.Background(), func(tx ds.Tx) error { return dstest.Increment(tx, "c"+id) })
 		if err != nil {
 			return err
 		}
@@ -168,7 +138,7 @@ func TestBusyWhileAnotherProcessHoldsTheLock(t *testing.T) {
 		start := time.Now()
 		err := run(context.Background(), func(ds.Tx) error { ran = true; return nil })
 		elapsed := time.Since(start)
-		if !errors.Is(err, controller.ErrBusy) {
+		if !errors.Is(err, api.ErrBusy) {
 			t.Fatalf("%s while locked: %v, want ErrBusy", name, err)
 		}
 		want := fmt.Sprintf("datastore busy: another circuit process held %s for more than %s", s.Path(), timeout)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/circuit-cni/circuit/ds/record"
 	"go.etcd.io/bbolt"
 )
 
@@ -20,7 +21,7 @@ var (
 
 // schemaVersion is the layout this code reads and writes: the version the
 // last migration produces.
-const schemaVersion = 1
+const schemaVersion = 2
 
 // migration brings a file from the previous version to version.
 type migration struct {
@@ -33,6 +34,7 @@ type migration struct {
 // that finds the file older than schemaVersion. Append; never edit or reorder.
 var migrations = []migration{
 	{version: 1, name: "create v1 buckets", apply: createV1},
+	{version: 2, name: "records apart from the CLI's JSON", apply: toRecords},
 }
 
 func createV1(btx *bbolt.Tx) error {
@@ -125,4 +127,67 @@ func viewRoot(btx *bbolt.Tx) (*bbolt.Bucket, error) {
 		return nil, nil
 	}
 	return btx.Bucket(bucketRoot), nil
+}
+
+// toRecords rewrites every value of schema 1 (the CLI's JSON of the day)
+// as a versioned record (package record). The layout of buckets and keys
+// stays.
+func toRecords(btx *bbolt.Tx) error {
+	root := btx.Bucket(bucketRoot)
+	type put struct {
+		b    *bbolt.Bucket
+		k, v []byte
+	}
+	var puts []put
+	// Values are converted first and written after: bbolt forbids writes
+	// while a cursor walks the bucket.
+	convert := func(b *bbolt.Bucket, k, v []byte, fn func([]byte) ([]byte, error)) error {
+		out, err := fn(v)
+		if err != nil {
+			return fmt.Errorf("%s: %w", k, err)
+		}
+		puts = append(puts, put{b, append([]byte(nil), k...), out})
+		return nil
+	}
+	nets := root.Bucket(bucketNetworks)
+	err := nets.ForEachBucket(func(name []byte) error {
+		nb := nets.Bucket(name)
+		if v := nb.Get(keyConfig); v != nil {
+			if err := convert(nb, keyConfig, v, record.NetworkFromV1); err != nil {
+				return fmt.Errorf("network %s", err)
+			}
+		}
+		pb := nb.Bucket(bucketPeers)
+		if pb == nil {
+			return nil
+		}
+		return pb.ForEachBucket(func(id []byte) error {
+			cb := pb.Bucket(id)
+			return cb.ForEach(func(ifname, v []byte) error {
+				if err := convert(cb, ifname, v, record.PeerFromV1); err != nil {
+					return fmt.Errorf("peer %s/%s/%s", name, id, err)
+				}
+				return nil
+			})
+		})
+	})
+	if err != nil {
+		return err
+	}
+	svcs := root.Bucket(bucketServices)
+	err = svcs.ForEach(func(k, v []byte) error {
+		if err := convert(svcs, k, v, record.ServiceFromV1); err != nil {
+			return fmt.Errorf("service %s", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, p := range puts {
+		if err := p.b.Put(p.k, p.v); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -14,7 +14,7 @@ import (
 	"go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/ds"
 )
 
@@ -45,7 +45,7 @@ var _ ds.Datastore = (*Store)(nil)
 type Option func(*Store)
 
 // WithTimeout sets how long a transaction waits for another process's lock
-// before failing with controller.ErrBusy. d <= 0 keeps DefaultTimeout: bbolt
+// before failing with api.ErrBusy. d <= 0 keeps DefaultTimeout: bbolt
 // reads 0 as "wait forever", and one hung process must not hang every hook.
 func WithTimeout(d time.Duration) Option {
 	return func(s *Store) {
@@ -60,7 +60,7 @@ func WithTimeout(d time.Duration) Option {
 // if needed. It refuses a file whose schema is newer than this code.
 func Open(stateDir string, opts ...Option) (*Store, error) {
 	if stateDir == "" {
-		return nil, fmt.Errorf("open datastore: state dir is empty: %w", controller.ErrInvalid)
+		return nil, fmt.Errorf("open datastore: state dir is empty: %w", api.ErrInvalid)
 	}
 	s := &Store{path: filepath.Join(stateDir, FileName), timeout: DefaultTimeout}
 	for _, o := range opts {
@@ -205,7 +205,7 @@ func (s *Store) openDB(ctx context.Context, readOnly bool) (*bbolt.DB, error) {
 	switch {
 	case errors.Is(err, berrors.ErrTimeout):
 		return nil, fmt.Errorf("%w: another circuit process held %s for more than %s",
-			controller.ErrBusy, s.path, s.timeout)
+			api.ErrBusy, s.path, s.timeout)
 	case err != nil:
 		return nil, fmt.Errorf("open datastore %s: %w", s.path, err)
 	}
@@ -247,7 +247,7 @@ func checkOwner(dir string) error {
 		return err
 	}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
-		return fmt.Errorf("state dir %s is owned by uid %d, not by this user (uid %d): %w", dir, st.Uid, os.Geteuid(), controller.ErrPermission)
+		return fmt.Errorf("state dir %s is owned by uid %d, not by this user (uid %d): %w", dir, st.Uid, os.Geteuid(), api.ErrPermission)
 	}
 	return nil
 }

@@ -1,15 +1,14 @@
 package bolt
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 
 	"go.etcd.io/bbolt"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/ds"
+	"github.com/circuit-cni/circuit/ds/record"
 )
 
 var errReadOnly = errors.New("write in a read-only transaction")
@@ -24,7 +23,7 @@ type tx struct {
 var _ ds.Tx = (*tx)(nil)
 
 // GetNetwork returns the named network, without peers.
-func (t *tx) GetNetwork(name string) (*controller.Network, error) {
+func (t *tx) GetNetwork(name string) (*api.Network, error) {
 	if err := validName("network", name); err != nil {
 		return nil, err
 	}
@@ -32,26 +31,22 @@ func (t *tx) GetNetwork(name string) (*controller.Network, error) {
 	if nb == nil {
 		return nil, notFound("network %q", name)
 	}
-	var n controller.Network
-	if err := decode(nb.Get(keyConfig), &n, "network %q", name); err != nil {
-		return nil, err
-	}
-	return &n, nil
+	return decode(nb.Get(keyConfig), record.DecodeNetwork, "network %q", name)
 }
 
 // ListNetworks returns every network, without peers, sorted by name.
-func (t *tx) ListNetworks() ([]controller.Network, error) {
-	nets := []controller.Network{}
+func (t *tx) ListNetworks() ([]api.Network, error) {
+	nets := []api.Network{}
 	b := t.bucket(bucketNetworks)
 	if b == nil {
 		return nets, nil
 	}
 	err := b.ForEachBucket(func(k []byte) error {
-		var n controller.Network
-		if err := decode(b.Bucket(k).Get(keyConfig), &n, "network %q", k); err != nil {
+		n, err := decode(b.Bucket(k).Get(keyConfig), record.DecodeNetwork, "network %q", k)
+		if err != nil {
 			return err
 		}
-		nets = append(nets, n)
+		nets = append(nets, *n)
 		return nil
 	})
 	return nets, err
@@ -59,9 +54,9 @@ func (t *tx) ListNetworks() ([]controller.Network, error) {
 
 // PutNetwork creates or replaces a network record; a replaced network keeps
 // its peers. n.Peers is not stored: peers have their own records.
-func (t *tx) PutNetwork(n *controller.Network) error {
+func (t *tx) PutNetwork(n *api.Network) error {
 	if n == nil {
-		return fmt.Errorf("put network: nil network: %w", controller.ErrInvalid)
+		return fmt.Errorf("put network: nil network: %w", api.ErrInvalid)
 	}
 	if err := t.writable("put network %q", n.Name); err != nil {
 		return err
@@ -69,9 +64,7 @@ func (t *tx) PutNetwork(n *controller.Network) error {
 	if err := validName("network", n.Name); err != nil {
 		return err
 	}
-	rec := *n
-	rec.Peers = nil
-	data, err := json.Marshal(&rec)
+	data, err := record.EncodeNetwork(n)
 	if err != nil {
 		return fmt.Errorf("put network %q: %w", n.Name, err)
 	}
@@ -103,7 +96,7 @@ func (t *tx) DeleteNetwork(name string) error {
 }
 
 // GetPeer returns one attachment.
-func (t *tx) GetPeer(network, containerID, ifname string) (*controller.Peer, error) {
+func (t *tx) GetPeer(network, containerID, ifname string) (*api.Peer, error) {
 	if err := validPeerKey(network, containerID, ifname); err != nil {
 		return nil, err
 	}
@@ -115,17 +108,13 @@ func (t *tx) GetPeer(network, containerID, ifname string) (*controller.Peer, err
 	if raw == nil {
 		return nil, peerNotFound(network, containerID, ifname)
 	}
-	var p controller.Peer
-	if err := decode(raw, &p, "peer %q", peerName(network, containerID, ifname)); err != nil {
-		return nil, err
-	}
-	return &p, nil
+	return decode(raw, record.DecodePeer, "peer %q", peerName(network, containerID, ifname))
 }
 
 // ListPeers returns the peers of one network, or of all with network "",
 // sorted by network, container ID and interface name.
-func (t *tx) ListPeers(network string) ([]controller.Peer, error) {
-	peers := []controller.Peer{}
+func (t *tx) ListPeers(network string) ([]api.Peer, error) {
+	peers := []api.Peer{}
 	if network != "" {
 		if err := validName("network", network); err != nil {
 			return nil, err
@@ -149,7 +138,7 @@ func (t *tx) ListPeers(network string) ([]controller.Peer, error) {
 }
 
 // ContainerPeers returns one container's attachments to one network.
-func (t *tx) ContainerPeers(network, containerID string) ([]controller.Peer, error) {
+func (t *tx) ContainerPeers(network, containerID string) ([]api.Peer, error) {
 	if err := validName("network", network); err != nil {
 		return nil, err
 	}
@@ -160,26 +149,26 @@ func (t *tx) ContainerPeers(network, containerID string) ([]controller.Peer, err
 	if nb == nil {
 		return nil, notFound("network %q", network)
 	}
-	peers := []controller.Peer{}
+	peers := []api.Peer{}
 	cb := peerBucket(nb, containerID)
 	if cb == nil {
 		return peers, nil
 	}
 	err := cb.ForEach(func(ifname, v []byte) error {
-		var p controller.Peer
-		if err := decode(v, &p, "peer %q", peerName(network, containerID, string(ifname))); err != nil {
+		p, err := decode(v, record.DecodePeer, "peer %q", peerName(network, containerID, string(ifname)))
+		if err != nil {
 			return err
 		}
-		peers = append(peers, p)
+		peers = append(peers, *p)
 		return nil
 	})
 	return peers, err
 }
 
 // PutPeer creates or replaces an attachment on an existing network.
-func (t *tx) PutPeer(p *controller.Peer) error {
+func (t *tx) PutPeer(p *api.Peer) error {
 	if p == nil {
-		return fmt.Errorf("put peer: nil peer: %w", controller.ErrInvalid)
+		return fmt.Errorf("put peer: nil peer: %w", api.ErrInvalid)
 	}
 	name := peerName(p.Network, p.ContainerID, p.IfName)
 	if err := t.writable("put peer %q", name); err != nil {
@@ -192,7 +181,7 @@ func (t *tx) PutPeer(p *controller.Peer) error {
 	if nb == nil {
 		return fmt.Errorf("put peer %q: %w", name, notFound("network %q", p.Network))
 	}
-	data, err := json.Marshal(p)
+	data, err := record.EncodePeer(p)
 	if err != nil {
 		return fmt.Errorf("put peer %q: %w", name, err)
 	}
@@ -239,7 +228,7 @@ func (t *tx) DeletePeer(network, containerID, ifname string) error {
 }
 
 // GetService returns the named service.
-func (t *tx) GetService(name string) (*controller.Service, error) {
+func (t *tx) GetService(name string) (*api.Service, error) {
 	if err := validName("service", name); err != nil {
 		return nil, err
 	}
@@ -247,35 +236,31 @@ func (t *tx) GetService(name string) (*controller.Service, error) {
 	if raw == nil {
 		return nil, notFound("service %q", name)
 	}
-	var s controller.Service
-	if err := decode(raw, &s, "service %q", name); err != nil {
-		return nil, err
-	}
-	return &s, nil
+	return decode(raw, record.DecodeService, "service %q", name)
 }
 
 // ListServices returns every service, sorted by name.
-func (t *tx) ListServices() ([]controller.Service, error) {
-	svcs := []controller.Service{}
+func (t *tx) ListServices() ([]api.Service, error) {
+	svcs := []api.Service{}
 	b := t.bucket(bucketServices)
 	if b == nil {
 		return svcs, nil
 	}
 	err := b.ForEach(func(k, v []byte) error {
-		var s controller.Service
-		if err := decode(v, &s, "service %q", k); err != nil {
+		s, err := decode(v, record.DecodeService, "service %q", k)
+		if err != nil {
 			return err
 		}
-		svcs = append(svcs, s)
+		svcs = append(svcs, *s)
 		return nil
 	})
 	return svcs, err
 }
 
 // PutService creates or replaces a service.
-func (t *tx) PutService(s *controller.Service) error {
+func (t *tx) PutService(s *api.Service) error {
 	if s == nil {
-		return fmt.Errorf("put service: nil service: %w", controller.ErrInvalid)
+		return fmt.Errorf("put service: nil service: %w", api.ErrInvalid)
 	}
 	if err := t.writable("put service %q", s.Name); err != nil {
 		return err
@@ -283,7 +268,7 @@ func (t *tx) PutService(s *controller.Service) error {
 	if err := validName("service", s.Name); err != nil {
 		return err
 	}
-	data, err := json.Marshal(s)
+	data, err := record.EncodeService(s)
 	if err != nil {
 		return fmt.Errorf("put service %q: %w", s.Name, err)
 	}
@@ -352,37 +337,39 @@ func get(b *bbolt.Bucket, key string) []byte {
 	return b.Get([]byte(key))
 }
 
-func appendPeers(peers []controller.Peer, nb *bbolt.Bucket, network string) ([]controller.Peer, error) {
+func appendPeers(peers []api.Peer, nb *bbolt.Bucket, network string) ([]api.Peer, error) {
 	pb := nb.Bucket(bucketPeers)
 	if pb == nil {
 		return peers, nil
 	}
 	err := pb.ForEachBucket(func(cid []byte) error {
 		return pb.Bucket(cid).ForEach(func(ifname, v []byte) error {
-			var p controller.Peer
-			if err := decode(v, &p, "peer %q", peerName(network, string(cid), string(ifname))); err != nil {
+			p, err := decode(v, record.DecodePeer, "peer %q", peerName(network, string(cid), string(ifname)))
+			if err != nil {
 				return err
 			}
-			peers = append(peers, p)
+			peers = append(peers, *p)
 			return nil
 		})
 	})
 	return peers, err
 }
 
-// decode unmarshals a stored record; format and args name it in errors.
-func decode(raw []byte, v any, format string, args ...any) error {
+// decode reads a stored record with fn; format and args name it in errors.
+// The record package copies what it keeps out of bbolt's memory map.
+func decode[T any](raw []byte, fn func([]byte) (*T, error), format string, args ...any) (*T, error) {
 	if raw == nil {
-		return fmt.Errorf("%s: record missing from datastore", fmt.Sprintf(format, args...))
+		return nil, fmt.Errorf("%s: record missing from datastore", fmt.Sprintf(format, args...))
 	}
-	if err := json.Unmarshal(raw, v); err != nil {
-		return fmt.Errorf("%s: decode datastore record: %w", fmt.Sprintf(format, args...), err)
+	v, err := fn(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), err)
 	}
-	return nil
+	return v, nil
 }
 
 func notFound(format string, args ...any) error {
-	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), controller.ErrNotFound)
+	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), api.ErrNotFound)
 }
 
 func peerNotFound(network, containerID, ifname string) error {
@@ -393,16 +380,18 @@ func peerName(network, containerID, ifname string) string {
 	return network + "/" + containerID + "/" + ifname
 }
 
-// validName rejects names that cannot be keys: empty ones, and ones that
-// would be dangerous if a name ever became a path.
+// validName judges a key by circuit's rule for its kind (package api), so
+// the datastore refuses exactly what the CLI and the controllers refuse.
 func validName(kind, name string) error {
-	switch {
-	case name == "":
-		return fmt.Errorf("%s name is empty: %w", kind, controller.ErrInvalid)
-	case name == "." || name == ".." || strings.ContainsAny(name, "/\x00"):
-		return fmt.Errorf(`%s name %q: must not contain "/" or NUL, or be "." or "..": %w`, kind, name, controller.ErrInvalid)
+	switch kind {
+	case "network":
+		return api.ValidNetworkName(name)
+	case "service":
+		return api.ValidServiceName(name)
+	case "container ID":
+		return api.ValidContainerID(name)
 	}
-	return nil
+	return api.ValidIfName(name)
 }
 
 func validPeerKey(network, containerID, ifname string) error {

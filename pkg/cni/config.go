@@ -10,14 +10,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"syscall"
 
 	"github.com/containernetworking/cni/libcni"
 
-	"github.com/circuit-cni/circuit/controller"
-	"github.com/circuit-cni/circuit/internal/ident"
+	"github.com/circuit-cni/circuit/api"
 )
 
 // MaxConfigSize bounds a configuration file; real ones are a few KiB.
@@ -36,27 +36,18 @@ type Config struct {
 	List       *libcni.NetworkConfigList
 }
 
-// ValidateName checks a network name.
-func ValidateName(name string) error {
-	// Network names become file and kernel object names: keep them tame.
-	if !ident.Valid(name, 63, true, "_.-") {
-		return controller.Errorf(controller.ErrInvalid, "network name %q: use 1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit", name)
-	}
-	return nil
-}
-
 // Parse validates raw CNI configuration bytes (.conf or .conflist).
 func Parse(raw []byte) (*Config, error) {
 	if len(raw) > MaxConfigSize {
-		return nil, controller.Errorf(controller.ErrInvalid, "configuration is larger than 1 MiB")
+		return nil, api.Errorf(api.ErrInvalid, "configuration is larger than 1 MiB")
 	}
 	var top map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	if err := dec.Decode(&top); err != nil {
-		return nil, controller.Errorf(controller.ErrInvalid, "configuration is not a JSON object: %v", err)
+		return nil, api.Errorf(api.ErrInvalid, "configuration is not a JSON object: %v", err)
 	}
 	if dec.More() {
-		return nil, controller.Errorf(controller.ErrInvalid, "configuration has data after its JSON object")
+		return nil, api.Errorf(api.ErrInvalid, "configuration has data after its JSON object")
 	}
 	var head struct {
 		Name       *string          `json:"name"`
@@ -65,19 +56,19 @@ func Parse(raw []byte) (*Config, error) {
 		Plugins    []map[string]any `json:"plugins"`
 	}
 	if err := json.Unmarshal(raw, &head); err != nil {
-		return nil, controller.Errorf(controller.ErrInvalid, "configuration: %v", err)
+		return nil, api.Errorf(api.ErrInvalid, "configuration: %v", err)
 	}
 	if head.Name == nil || *head.Name == "" {
-		return nil, controller.Errorf(controller.ErrInvalid, "configuration has no \"name\"")
+		return nil, api.Errorf(api.ErrInvalid, "configuration has no \"name\"")
 	}
-	if err := ValidateName(*head.Name); err != nil {
+	if err := api.ValidNetworkName(*head.Name); err != nil {
 		return nil, err
 	}
 	if head.CNIVersion == "" {
-		return nil, controller.Errorf(controller.ErrInvalid, "network %s: configuration has no \"cniVersion\"", *head.Name)
+		return nil, api.Errorf(api.ErrInvalid, "network %s: configuration has no \"cniVersion\"", *head.Name)
 	}
 	if !slices.Contains(SupportedVersions, head.CNIVersion) {
-		return nil, controller.Errorf(controller.ErrInvalid, "network %s: cniVersion %q is not supported (use one of %s)", *head.Name, head.CNIVersion, strings.Join(SupportedVersions, ", "))
+		return nil, api.Errorf(api.ErrInvalid, "network %s: cniVersion %q is not supported (use one of %s)", *head.Name, head.CNIVersion, strings.Join(SupportedVersions, ", "))
 	}
 	cfg := &Config{Name: *head.Name, CNIVersion: head.CNIVersion, Raw: raw}
 	_, cfg.IsList = top["plugins"]
@@ -85,7 +76,7 @@ func Parse(raw []byte) (*Config, error) {
 	var err error
 	if cfg.IsList {
 		if len(head.Plugins) == 0 {
-			return nil, controller.Errorf(controller.ErrInvalid, "network %s: \"plugins\" is empty", cfg.Name)
+			return nil, api.Errorf(api.ErrInvalid, "network %s: \"plugins\" is empty", cfg.Name)
 		}
 		for i, p := range head.Plugins {
 			t, _ := p["type"].(string)
@@ -97,7 +88,7 @@ func Parse(raw []byte) (*Config, error) {
 		cfg.List, err = libcni.NetworkConfFromBytes(raw)
 	} else {
 		if head.Type == nil {
-			return nil, controller.Errorf(controller.ErrInvalid, "network %s: configuration has no \"type\"", cfg.Name)
+			return nil, api.Errorf(api.ErrInvalid, "network %s: configuration has no \"type\"", cfg.Name)
 		}
 		if err := validateType(cfg.Name, *head.Type, -1); err != nil {
 			return nil, err
@@ -109,7 +100,7 @@ func Parse(raw []byte) (*Config, error) {
 		}
 	}
 	if err != nil {
-		return nil, controller.Errorf(controller.ErrInvalid, "network %s: %v", cfg.Name, err)
+		return nil, api.Errorf(api.ErrInvalid, "network %s: %v", cfg.Name, err)
 	}
 	return cfg, nil
 }
@@ -120,11 +111,10 @@ func validateType(network, t string, index int) error {
 		where = fmt.Sprintf("plugin %d", index)
 	}
 	if t == "" {
-		return controller.Errorf(controller.ErrInvalid, "network %s: %s has no \"type\"", network, where)
+		return api.Errorf(api.ErrInvalid, "network %s: %s has no \"type\"", network, where)
 	}
-	// Plugin types are looked up as executables in the CNI path: bare names only.
-	if !ident.Valid(t, 128, true, "_.-") {
-		return controller.Errorf(controller.ErrInvalid, "network %s: %s type %q must be a plain plugin name, not a path", network, where, t)
+	if err := api.ValidPluginType(t); err != nil {
+		return fmt.Errorf("network %s: %s: %w", network, where, err)
 	}
 	return nil
 }
@@ -145,14 +135,21 @@ func ReadFile(path string) ([]byte, error) {
 	if fi, err := f.Stat(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	} else if !fi.Mode().IsRegular() {
-		return nil, controller.Errorf(controller.ErrInvalid, "read %s: not a regular file", path)
+		return nil, api.Errorf(api.ErrInvalid, "read %s: not a regular file", path)
 	}
 	b, err := io.ReadAll(io.LimitReader(f, MaxConfigSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	if len(b) > MaxConfigSize {
-		return nil, controller.Errorf(controller.ErrInvalid, "read %s: larger than 1 MiB", path)
+		return nil, api.Errorf(api.ErrInvalid, "read %s: larger than 1 MiB", path)
 	}
 	return b, nil
+}
+
+// SameConfig reports whether two configurations are the same JSON, whatever
+// their spacing and key order.
+func SameConfig(a, b []byte) bool {
+	var x, y any
+	return json.Unmarshal(a, &x) == nil && json.Unmarshal(b, &y) == nil && reflect.DeepEqual(x, y)
 }

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 )
 
 const seedConf = `{
@@ -69,11 +69,11 @@ func TestParseRefuses(t *testing.T) {
 		"chain path type":    `{"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "a/b"}]}`,
 	}
 	for name, conf := range cases {
-		if _, err := Parse([]byte(conf)); !errors.Is(err, controller.ErrInvalid) {
+		if _, err := Parse([]byte(conf)); !errors.Is(err, api.ErrInvalid) {
 			t.Errorf("%s: err = %v, want ErrInvalid", name, err)
 		}
 	}
-	if _, err := Parse(make([]byte, MaxConfigSize+1)); !errors.Is(err, controller.ErrInvalid) {
+	if _, err := Parse(make([]byte, MaxConfigSize+1)); !errors.Is(err, api.ErrInvalid) {
 		t.Errorf("oversized: %v", err)
 	}
 }
@@ -87,7 +87,7 @@ func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := Parse(b)
 		if err != nil {
-			if !errors.Is(err, controller.ErrInvalid) {
+			if !errors.Is(err, api.ErrInvalid) {
 				t.Fatalf("error does not wrap ErrInvalid: %v", err)
 			}
 			return

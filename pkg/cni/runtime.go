@@ -22,14 +22,15 @@ func NewRuntime(paths []string, cacheDir string) *Runtime {
 	return &Runtime{cni: libcni.NewCNIConfigWithCacheDir(paths, cacheDir, nil)}
 }
 
-// Attachment identifies one interface of one container on a network.
-type Attachment struct {
-	ContainerID string
+// RuntimeConf names what a plugin works on: one interface of one
+// container on a network (the CNI spec calls it an attachment).
+type RuntimeConf struct {
+	ContainerID string // CNI_CONTAINERID
 	Netns       string // "" when the namespace is gone
 	IfName      string
 }
 
-func (a Attachment) rt() *libcni.RuntimeConf {
+func (a RuntimeConf) rt() *libcni.RuntimeConf {
 	return &libcni.RuntimeConf{ContainerID: a.ContainerID, NetNS: a.Netns, IfName: a.IfName}
 }
 
@@ -41,7 +42,7 @@ type Result struct {
 }
 
 // Add runs ADD through the chain.
-func (r *Runtime) Add(ctx context.Context, cfg *Config, a Attachment) (*Result, error) {
+func (r *Runtime) Add(ctx context.Context, cfg *Config, a RuntimeConf) (*Result, error) {
 	res, err := r.cni.AddNetworkList(ctx, cfg.List, a.rt())
 	if err != nil {
 		return nil, err
@@ -50,14 +51,14 @@ func (r *Runtime) Add(ctx context.Context, cfg *Config, a Attachment) (*Result, 
 }
 
 // Del runs DEL through the chain, using libcni's cached result.
-func (r *Runtime) Del(ctx context.Context, cfg *Config, a Attachment) error {
+func (r *Runtime) Del(ctx context.Context, cfg *Config, a RuntimeConf) error {
 	return r.cni.DelNetworkList(ctx, cfg.List, a.rt())
 }
 
 // DelEach runs DEL plugin by plugin, last first, going on past failures,
 // so that a chain whose ADD failed half-way (or one of whose plugins has
 // since gone) still gives back what its other plugins made.
-func (r *Runtime) DelEach(ctx context.Context, cfg *Config, a Attachment) error {
+func (r *Runtime) DelEach(ctx context.Context, cfg *Config, a RuntimeConf) error {
 	var errs []error
 	for i := len(cfg.List.Plugins) - 1; i >= 0; i-- {
 		one := *cfg.List
@@ -70,7 +71,7 @@ func (r *Runtime) DelEach(ctx context.Context, cfg *Config, a Attachment) error 
 }
 
 // GC asks the plugins (CNI 1.1) to release whatever is not among valid.
-func (r *Runtime) GC(ctx context.Context, cfg *Config, valid []Attachment) error {
+func (r *Runtime) GC(ctx context.Context, cfg *Config, valid []RuntimeConf) error {
 	args := &libcni.GCArgs{}
 	for _, a := range valid {
 		args.ValidAttachments = append(args.ValidAttachments, types.GCAttachment{ContainerID: a.ContainerID, IfName: a.IfName})
@@ -79,15 +80,15 @@ func (r *Runtime) GC(ctx context.Context, cfg *Config, valid []Attachment) error
 }
 
 // Cached lists the attachments libcni has cached results for on a network.
-func (r *Runtime) Cached(network string) ([]Attachment, error) {
+func (r *Runtime) Cached(network string) ([]RuntimeConf, error) {
 	all, err := r.cni.GetCachedAttachments("")
 	if err != nil {
 		return nil, err
 	}
-	var out []Attachment
+	var out []RuntimeConf
 	for _, c := range all {
 		if c.Network == network {
-			out = append(out, Attachment{ContainerID: c.ContainerID, Netns: c.NetNS, IfName: c.IfName})
+			out = append(out, RuntimeConf{ContainerID: c.ContainerID, Netns: c.NetNS, IfName: c.IfName})
 		}
 	}
 	return out, nil

@@ -14,7 +14,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/pkg/lb/ipvs"
 	"github.com/circuit-cni/circuit/pkg/lb/nftables"
 )
@@ -33,21 +33,21 @@ type Backend interface {
 	Available() error
 	// Validate checks that the backend can honour svc (scheduler,
 	// forwarding, protocol), saying which backend refuses what and why.
-	Validate(svc controller.Service) error
+	Validate(svc Service) error
 	// Ensure makes the kernel's view of svc exactly svc, targets
 	// included: create or update. Idempotent; used for create, restore
 	// and any change.
-	Ensure(svc controller.Service) error
+	Ensure(svc Service) error
 	// AddTarget and RemoveTarget apply one target change. svc is the
 	// service as recorded after the change (t included, or not), so a
 	// backend may instead resynchronize just that service.
-	AddTarget(svc controller.Service, t controller.Target) error
-	RemoveTarget(svc controller.Service, t controller.Target) error
+	AddTarget(svc Service, t Target) error
+	RemoveTarget(svc Service, t Target) error
 	// Delete removes the service; a service already gone is not an error.
-	Delete(svc controller.Service) error
+	Delete(svc Service) error
 	// Stats returns svc with the kernel's counters; ErrNotFound if the
 	// service is not programmed.
-	Stats(svc controller.Service) (*controller.ServiceStatus, error)
+	Stats(svc Service) (*Stats, error)
 	// Close releases the backend's sockets; kernel state stays.
 	Close() error
 }
@@ -77,7 +77,7 @@ func Open(name, nsPath string) (Backend, error) {
 	case AutoName:
 		return Auto(nsPath)
 	}
-	return nil, controller.Errorf(controller.ErrInvalid, "lb: backend %q: want %s, %s or %s", name, IPVS, Nftables, AutoName)
+	return nil, api.Errorf(api.ErrInvalid, "lb: backend %q: want %s, %s or %s", name, IPVS, Nftables, AutoName)
 }
 
 // Auto returns the IPVS backend when the kernel has IPVS, else nftables.
@@ -94,4 +94,16 @@ func Auto(nsPath string) (Backend, error) {
 		errs = append(errs, err)
 	}
 	return nil, fmt.Errorf("lb: no load-balancing backend available: %w", errors.Join(errs...))
+}
+
+// Validate checks, touching no kernel, that the named backend ("ipvs" or
+// "nftables") can honour svc, exactly as Backend.Validate does.
+func Validate(backend string, svc Service) error {
+	switch backend {
+	case IPVS:
+		return ipvs.Validate(svc)
+	case Nftables:
+		return nftables.Validate(svc)
+	}
+	return api.Errorf(api.ErrInvalid, "lb: backend %q: want %s or %s", backend, IPVS, Nftables)
 }

@@ -4,12 +4,12 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/lbtest"
 )
 
 func TestOpen(t *testing.T) {
-	if _, err := Open("lvs", ""); !errors.Is(err, controller.ErrInvalid) {
+	if _, err := Open("lvs", ""); !errors.Is(err, api.ErrInvalid) {
 		t.Errorf("Open(lvs) = %v, want ErrInvalid", err)
 	}
 	for _, name := range []string{IPVS, Nftables} {
@@ -23,7 +23,7 @@ func TestOpen(t *testing.T) {
 		if b.Name() != name {
 			t.Errorf("Open(%s).Name() = %s", name, b.Name())
 		}
-		if err := b.Available(); err != nil && !errors.Is(err, controller.ErrUnsupported) {
+		if err := b.Available(); err != nil && !errors.Is(err, api.ErrUnsupported) {
 			t.Errorf("%s: Available() = %v, want nil or ErrUnsupported", name, err)
 		}
 		if err := b.Close(); err != nil {

@@ -2,139 +2,41 @@ package lb
 
 import (
 	"errors"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/lbtest"
 )
 
-func TestParseAddrPort(t *testing.T) {
-	good := map[string]string{
-		"10.0.0.1:80":         "10.0.0.1:80",
-		"[::1]:80":            "[::1]:80",
-		"[fd00::10]:65535":    "[fd00::10]:65535",
-		"[FD00:0::0:10]:8080": "[fd00::10]:8080",
-		"192.168.255.254:1":   "192.168.255.254:1",
-		"[2001:db8::1]:443":   "[2001:db8::1]:443",
-		"127.0.0.1:53":        "127.0.0.1:53",
-		"[fe80::1]:22":        "[fe80::1]:22",
-	}
-	for in, want := range good {
-		got, err := ParseAddrPort(in)
-		if err != nil || got.String() != want {
-			t.Errorf("ParseAddrPort(%q) = %v, %v; want %s", in, got, err, want)
-		}
-	}
-	bad := []string{
-		"", "10.0.0.1", "10.0.0.1:", "10.0.0.1:0", "10.0.0.1:65536", "10.0.0.1:-1", "10.0.0.1:+80",
-		"10.0.0.1:080", "10.0.0.1:http", "localhost:80", "example.com:443", "[::1]", "::1:80",
-		"[::1]:0", "[fe80::1%eth0]:80", "fe80::1%eth0:80", "[10.0.0.1]:80", "[::ffff:10.0.0.1]:80",
-		"0.0.0.0:80", "[::]:80", "224.0.0.1:80", "10.0.0.1:80:80", "[::1]80", "[::1]:80]", "10.0.0.1 :80",
-		" 10.0.0.1:80", "10.0.0.256:80", "1.2.3:80", ":80", "[]:80",
-	}
-	for _, in := range bad {
-		if got, err := ParseAddrPort(in); err == nil || !errors.Is(err, controller.ErrInvalid) {
-			t.Errorf("ParseAddrPort(%q) = %v, %v; want error wrapping ErrInvalid", in, got, err)
-		}
-	}
-}
-
-func FuzzParseAddrPort(f *testing.F) {
-	for _, s := range []string{"10.0.0.1:80", "[::1]:80", "[fe80::1%eth0]:80", "host:80", "1.2.3.4:0", "[::ffff:1.2.3.4]:9"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		ap, err := ParseAddrPort(s)
-		if err != nil {
-			if !errors.Is(err, controller.ErrInvalid) {
-				t.Fatalf("error %v does not wrap ErrInvalid", err)
-			}
-			return
-		}
-		if ap.Port() == 0 || ap.Addr().Zone() != "" || ap.Addr().Is4In6() || !ap.IsValid() {
-			t.Fatalf("ParseAddrPort(%q) accepted %v", s, ap)
-		}
-		// What it accepts, the standard library reads the same way.
-		std, err := netip.ParseAddrPort(s)
-		if err != nil || std != ap {
-			t.Fatalf("ParseAddrPort(%q) = %v, netip says %v, %v", s, ap, std, err)
-		}
-		// And the canonical form parses back to the same value.
-		if again, err := ParseAddrPort(ap.String()); err != nil || again != ap {
-			t.Fatalf("round trip of %v: %v, %v", ap, again, err)
-		}
-	})
-}
-
-func TestValidNames(t *testing.T) {
-	for _, s := range []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh"} {
-		if err := ValidScheduler(s); err != nil {
-			t.Errorf("ValidScheduler(%q): %v", s, err)
-		}
-	}
-	for _, s := range []string{"", "RR", "fo", "ovf", "random", "rr "} {
-		if err := ValidScheduler(s); !errors.Is(err, controller.ErrInvalid) {
-			t.Errorf("ValidScheduler(%q) = %v, want ErrInvalid", s, err)
-		}
-	}
-	for _, s := range []string{"tcp", "udp", "sctp"} {
-		if err := ValidProtocol(s); err != nil {
-			t.Errorf("ValidProtocol(%q): %v", s, err)
-		}
-	}
-	if err := ValidProtocol("icmp"); !errors.Is(err, controller.ErrInvalid) {
-		t.Errorf("ValidProtocol(icmp) = %v", err)
-	}
-	for _, s := range []string{"nat", "dr", "tunnel"} {
-		if err := ValidForward(s); err != nil {
-			t.Errorf("ValidForward(%q): %v", s, err)
-		}
-	}
-	if err := ValidForward("masq"); !errors.Is(err, controller.ErrInvalid) {
-		t.Errorf("ValidForward(masq) = %v", err)
-	}
-	for _, s := range []string{"web", "a", "A.b-c_d", strings.Repeat("x", 63)} {
-		if err := ValidName(s); err != nil {
-			t.Errorf("ValidName(%q): %v", s, err)
-		}
-	}
-	for _, s := range []string{"", "a/b", "a b", "ü", strings.Repeat("x", 64), "a:b"} {
-		if err := ValidName(s); !errors.Is(err, controller.ErrInvalid) {
-			t.Errorf("ValidName(%q) = %v", s, err)
-		}
-	}
-}
-
 func TestCheck(t *testing.T) {
-	ok := controller.Service{Name: "web", Address: "10.0.0.1:80", Targets: []controller.Target{
+	ok := Service{Name: "web", Address: "10.0.0.1:80", Targets: []Target{
 		{Address: "10.0.1.1:8080"}, {Address: "10.0.1.2:80", Weight: 3, Forward: "dr"}, {Address: "[fd00::1]:80", Forward: "tunnel"},
 	}}
 	if err := Check(ok); err != nil {
 		t.Fatalf("Check: %v", err)
 	}
-	bad := map[string]func(*controller.Service){
-		"name":             func(s *controller.Service) { s.Name = "a b" },
-		"address":          func(s *controller.Service) { s.Address = "web:80" },
-		"protocol":         func(s *controller.Service) { s.Protocol = "icmp" },
-		"scheduler":        func(s *controller.Service) { s.Scheduler = "random" },
-		"persistence":      func(s *controller.Service) { lbtest.SetPersistence(&s.Persistence, -time.Second) },
-		"sub-second":       func(s *controller.Service) { lbtest.SetPersistence(&s.Persistence, time.Millisecond) },
-		"weight":           func(s *controller.Service) { s.Targets[0].Weight = 70000 },
-		"negative weight":  func(s *controller.Service) { s.Targets[0].Weight = -1 },
-		"forward":          func(s *controller.Service) { s.Targets[0].Forward = "masq" },
-		"duplicate":        func(s *controller.Service) { s.Targets[1].Address = s.Targets[0].Address },
-		"dr changes port":  func(s *controller.Service) { s.Targets[1].Address = "10.0.1.2:81" },
-		"mixed family nat": func(s *controller.Service) { s.Targets[2].Forward = "nat" },
-		"target address":   func(s *controller.Service) { s.Targets[0].Address = "10.0.1.1" },
+	bad := map[string]func(*Service){
+		"name":             func(s *Service) { s.Name = "a b" },
+		"address":          func(s *Service) { s.Address = "web:80" },
+		"protocol":         func(s *Service) { s.Protocol = "icmp" },
+		"scheduler":        func(s *Service) { s.Scheduler = "random" },
+		"persistence":      func(s *Service) { lbtest.SetPersistence(&s.Persistence, -time.Second) },
+		"sub-second":       func(s *Service) { lbtest.SetPersistence(&s.Persistence, time.Millisecond) },
+		"weight":           func(s *Service) { s.Targets[0].Weight = 70000 },
+		"negative weight":  func(s *Service) { s.Targets[0].Weight = -1 },
+		"forward":          func(s *Service) { s.Targets[0].Forward = "masq" },
+		"duplicate":        func(s *Service) { s.Targets[1].Address = s.Targets[0].Address },
+		"dr changes port":  func(s *Service) { s.Targets[1].Address = "10.0.1.2:81" },
+		"mixed family nat": func(s *Service) { s.Targets[2].Forward = "nat" },
+		"target address":   func(s *Service) { s.Targets[0].Address = "10.0.1.1" },
 	}
 	for name, mutate := range bad {
 		s := ok
-		s.Targets = append([]controller.Target(nil), ok.Targets...)
+		s.Targets = append([]Target(nil), ok.Targets...)
 		mutate(&s)
-		if err := Check(s); !errors.Is(err, controller.ErrInvalid) {
+		if err := Check(s); !errors.Is(err, api.ErrInvalid) {
 			t.Errorf("%s: Check = %v, want ErrInvalid", name, err)
 		} else if !strings.HasPrefix(err.Error(), "lb") {
 			t.Errorf("%s: error %q lacks the lb context", name, err)
@@ -146,10 +48,10 @@ func FuzzCheck(f *testing.F) {
 	f.Add("web", "10.0.0.1:80", "tcp", "rr", int64(0), "10.0.1.1:80", 1, "nat")
 	f.Add("x", "[fd00::1]:443", "sctp", "mh", int64(time.Minute), "[fd00::2]:443", 0, "dr")
 	f.Fuzz(func(t *testing.T, name, addr, proto, sched string, persist int64, target string, weight int, fwd string) {
-		svc := controller.Service{Name: name, Address: addr, Protocol: proto, Scheduler: sched,
-			Targets: []controller.Target{{Address: target, Weight: weight, Forward: fwd}}}
+		svc := Service{Name: name, Address: addr, Protocol: proto, Scheduler: sched,
+			Targets: []Target{{Address: target, Weight: weight, Forward: fwd}}}
 		lbtest.SetPersistence(&svc.Persistence, time.Duration(persist))
-		if err := Check(svc); err != nil && !errors.Is(err, controller.ErrInvalid) {
+		if err := Check(svc); err != nil && !errors.Is(err, api.ErrInvalid) {
 			t.Fatalf("Check error %v does not wrap ErrInvalid", err)
 		}
 	})

@@ -138,9 +138,9 @@ func FreeIfName(path string) (string, error) {
 	}
 }
 
-// LinkInfo reads an interface's MAC and, for a veth, the name of its peer in
-// the namespace at hostPath.
-func LinkInfo(path, ifname, hostPath string) (mac, peer string, err error) {
+// LinkInfo reads an interface's MAC and, for a veth, the name of its other
+// end (the host interface) in the namespace at hostPath.
+func LinkInfo(path, ifname, hostPath string) (mac, hostIf string, err error) {
 	h, err := Handle(path)
 	if err != nil {
 		return "", "", err
@@ -158,8 +158,8 @@ func LinkInfo(path, ifname, hostPath string) (mac, peer string, err error) {
 		}
 		defer hh.Close()
 		if pl, err := hh.LinkByIndex(l.Attrs().ParentIndex); err == nil {
-			peer = pl.Attrs().Name
+			hostIf = pl.Attrs().Name
 		}
 	}
-	return mac, peer, nil
+	return mac, hostIf, nil
 }

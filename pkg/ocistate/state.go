@@ -9,9 +9,8 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/circuit-cni/circuit/api"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-
-	"github.com/circuit-cni/circuit/internal/ident"
 )
 
 // MaxStateSize bounds what Decode reads: runc's state is a few hundred bytes,
@@ -29,16 +28,6 @@ var (
 	// ErrInvalid wraps well-formed state that breaks the rules below.
 	ErrInvalid = errors.New("invalid OCI state")
 )
-
-// MaxIDLength bounds container IDs.
-const MaxIDLength = 1024
-
-// ValidID reports whether id is an acceptable runc container ID: runc's
-// rule (libcontainer's validateID, letters, digits and _+.-), capped in
-// length; IDs become path components downstream, so "." and ".." are refused.
-func ValidID(id string) bool {
-	return len(id) <= MaxIDLength && ident.Valid(id, 0, false, "_+.-") && id != "." && id != ".."
-}
 
 // Decode reads one OCI state document from r (at most MaxStateSize bytes)
 // and validates it: a valid runc id, a known status, a non-negative pid that
@@ -77,7 +66,7 @@ func Validate(s *specs.State) error {
 	if s.ID == "" {
 		return fmt.Errorf("%w: missing id", ErrInvalid)
 	}
-	if !ValidID(s.ID) {
+	if api.ValidContainerID(s.ID) != nil {
 		return fmt.Errorf("%w: id %q is not a valid container id", ErrInvalid, truncate(s.ID, 80))
 	}
 	switch s.Status {

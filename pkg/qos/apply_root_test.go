@@ -11,13 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/circuit-cni/circuit/api"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-
-	"github.com/circuit-cni/circuit/controller"
 )
 
-func mustApply(t *testing.T, path, dev string, p controller.QoSPolicy) {
+func mustApply(t *testing.T, path, dev string, p Policy) {
 	t.Helper()
 	if err := Apply(path, dev, p); err != nil {
 		t.Fatalf("Apply(%+v): %v", p, err)
@@ -29,9 +28,9 @@ func TestForeignRootQdisc(t *testing.T) {
 	run(t, "tc", "-n", p.nsA, "qdisc", "add", "dev", p.ifA, "root", "handle", "1:", "htb")
 	before := snapshotNS(t, p.nsA)
 
-	for _, dir := range []string{"", controller.DirEgress, controller.DirBoth} {
-		err := Apply(p.pathA, p.ifA, controller.QoSPolicy{Rate: 5_000_000, Direction: dir})
-		if !errors.Is(err, controller.ErrInUse) {
+	for _, dir := range []Direction{"", Egress, Both} {
+		err := Apply(p.pathA, p.ifA, Policy{Rate: 5_000_000, Direction: dir})
+		if !errors.Is(err, api.ErrInUse) {
 			t.Fatalf("Apply %q over a foreign root qdisc: %v, want ErrInUse", dir, err)
 		}
 		if !strings.Contains(err.Error(), "htb 1:") || !strings.HasPrefix(err.Error(), "apply qos to qa0: ") {
@@ -43,7 +42,7 @@ func TestForeignRootQdisc(t *testing.T) {
 	}
 
 	// Ingress shaping does not touch the root qdisc, so it may coexist.
-	mustApply(t, p.pathA, p.ifA, controller.QoSPolicy{Rate: 5_000_000, Direction: controller.DirIngress})
+	mustApply(t, p.pathA, p.ifA, Policy{Rate: 5_000_000, Direction: Ingress})
 	if q := tcShow(t, p.nsA, "qdisc", "show", "dev", p.ifA); !strings.Contains(q, "qdisc htb 1: root") {
 		t.Fatalf("foreign root qdisc gone after ingress Apply:\n%s", q)
 	}
@@ -63,7 +62,7 @@ func TestResetKeepsForeignIngress(t *testing.T) {
 		"protocol", "ip", "u32", "match", "ip", "dst", "10.231.250.250/32", "flowid", "1:1")
 	before := snapshotNS(t, p.nsA)
 
-	mustApply(t, p.pathA, p.ifA, controller.QoSPolicy{Rate: 5_000_000, Direction: controller.DirIngress})
+	mustApply(t, p.pathA, p.ifA, Policy{Rate: 5_000_000, Direction: Ingress})
 	f := tcShow(t, p.nsA, "filter", "show", "dev", p.ifA, "ingress")
 	if !strings.Contains(f, "pref 10 ") || !strings.Contains(f, "pref 49600 ") || !strings.Contains(f, "cifb-qa0") {
 		t.Fatalf("want the user's filter and circuit's redirect side by side:\n%s", f)
@@ -79,13 +78,13 @@ func TestResetKeepsForeignIngress(t *testing.T) {
 func TestDirectionsAndIdempotence(t *testing.T) {
 	p := newPair(t, "qa0", "qb0")
 	pristine := snapshotNS(t, p.nsA)
-	pol := controller.QoSPolicy{Rate: 5_000_000}
+	pol := Policy{Rate: 5_000_000}
 
 	mustApply(t, p.pathA, p.ifA, pol)
 	mustApply(t, p.pathA, p.ifA, pol) // the same again: no "file exists"
 	once := snapshotNS(t, p.nsA)
 
-	pol.Direction = controller.DirIngress
+	pol.Direction = Ingress
 	mustApply(t, p.pathA, p.ifA, pol)
 	mustApply(t, p.pathA, p.ifA, pol)
 	q := tcShow(t, p.nsA, "qdisc", "show")
@@ -99,7 +98,7 @@ func TestDirectionsAndIdempotence(t *testing.T) {
 		t.Errorf("IFB class:\n%s", c)
 	}
 
-	pol.Direction = controller.DirBoth
+	pol.Direction = Both
 	pol.Rate, pol.Ceiling = 2_000_000, 3_000_000
 	mustApply(t, p.pathA, p.ifA, pol)
 	for _, dev := range []string{p.ifA, "cifb-qa0"} {
@@ -112,7 +111,7 @@ func TestDirectionsAndIdempotence(t *testing.T) {
 		t.Errorf("Stats with both directions = %v, %v, %v", eg, in, err)
 	}
 
-	pol.Direction = controller.DirEgress
+	pol.Direction = Egress
 	pol.Rate, pol.Ceiling = 5_000_000, 0
 	mustApply(t, p.pathA, p.ifA, pol)
 	if got := snapshotNS(t, p.nsA); got != once {
@@ -120,7 +119,7 @@ func TestDirectionsAndIdempotence(t *testing.T) {
 	}
 
 	// A zero policy is a Reset.
-	mustApply(t, p.pathA, p.ifA, controller.QoSPolicy{})
+	mustApply(t, p.pathA, p.ifA, Policy{})
 	if got := snapshotNS(t, p.nsA); got != pristine {
 		t.Errorf("zero policy left state behind:\nwant:\n%s\ngot:\n%s", pristine, got)
 	}
@@ -134,15 +133,15 @@ func TestDirectionsAndIdempotence(t *testing.T) {
 
 func TestMissingThings(t *testing.T) {
 	p := newPair(t, "qa0", "qb0")
-	pol := controller.QoSPolicy{Rate: 1_000_000}
+	pol := Policy{Rate: 1_000_000}
 
-	if err := Apply(p.pathA, "nope0", pol); !errors.Is(err, controller.ErrNotFound) {
+	if err := Apply(p.pathA, "nope0", pol); !errors.Is(err, api.ErrNotFound) {
 		t.Errorf("Apply to a missing interface: %v, want ErrNotFound", err)
 	}
-	if err := Apply("/var/run/netns/circuit-no-such-ns", p.ifA, pol); !errors.Is(err, controller.ErrNotFound) {
+	if err := Apply("/var/run/netns/circuit-no-such-ns", p.ifA, pol); !errors.Is(err, api.ErrNotFound) {
 		t.Errorf("Apply in a missing netns: %v, want ErrNotFound", err)
 	}
-	if _, _, err := Stats(p.pathA, "nope0"); !errors.Is(err, controller.ErrNotFound) {
+	if _, _, err := Stats(p.pathA, "nope0"); !errors.Is(err, api.ErrNotFound) {
 		t.Errorf("Stats of a missing interface: %v, want ErrNotFound", err)
 	}
 	if err := Reset("/var/run/netns/circuit-no-such-ns", p.ifA); err != nil {
@@ -155,7 +154,7 @@ func TestMissingThings(t *testing.T) {
 	if err := Reset(stale, p.ifA); err != nil {
 		t.Errorf("Reset through a stale pin: %v", err)
 	}
-	if err := Apply(stale, p.ifA, pol); !errors.Is(err, controller.ErrNotFound) {
+	if err := Apply(stale, p.ifA, pol); !errors.Is(err, api.ErrNotFound) {
 		t.Errorf("Apply through a stale pin: %v, want ErrNotFound", err)
 	}
 	if err := Reset(p.pathA, "nope0"); err != nil {
@@ -164,12 +163,12 @@ func TestMissingThings(t *testing.T) {
 	if eg, in, err := Stats(p.pathA, p.ifA); eg != nil || in != nil || err != nil {
 		t.Errorf("Stats of an unshaped interface = %v, %v, %v; want nil, nil, nil", eg, in, err)
 	}
-	if err := Apply(p.pathA, p.ifA, controller.QoSPolicy{Rate: 1_000_000, Direction: "sideways"}); !errors.Is(err, controller.ErrInvalid) {
+	if err := Apply(p.pathA, p.ifA, Policy{Rate: 1_000_000, Direction: "sideways"}); !errors.Is(err, api.ErrInvalid) {
 		t.Errorf("bad direction: %v, want ErrInvalid", err)
 	}
 
 	// An interface that vanished leaves its IFB behind; Reset still removes it.
-	mustApply(t, p.pathA, p.ifA, controller.QoSPolicy{Rate: 1_000_000, Direction: controller.DirIngress})
+	mustApply(t, p.pathA, p.ifA, Policy{Rate: 1_000_000, Direction: Ingress})
 	run(t, "ip", "-n", p.nsA, "link", "del", p.ifA)
 	if err := Reset(p.pathA, p.ifA); err != nil {
 		t.Fatal(err)
@@ -179,7 +178,7 @@ func TestMissingThings(t *testing.T) {
 	// The same works through /proc/PID/ns/net paths and a long name.
 	q := newPair(t, "a-very-long-if0", "qb1")
 	path := "/proc/self/task/" + strconv.Itoa(lockedTid(t, q.pathA)) + "/ns/net"
-	mustApply(t, path, q.ifA, controller.QoSPolicy{Rate: 1_000_000, Direction: controller.DirBoth})
+	mustApply(t, path, q.ifA, Policy{Rate: 1_000_000, Direction: Both})
 	if l := run(t, "ip", "-n", q.nsA, "-o", "link", "show", "type", "ifb"); !strings.Contains(l, ifbName(q.ifA)) {
 		t.Errorf("no %s for %s:\n%s", ifbName(q.ifA), q.ifA, l)
 	}
@@ -232,7 +231,7 @@ func TestNoThreadLeftInNetns(t *testing.T) {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			_ = Apply(p.pathA, p.ifA, controller.QoSPolicy{Rate: uint64(1+i%3) * 1_000_000})
+			_ = Apply(p.pathA, p.ifA, Policy{Rate: uint64(1+i%3) * 1_000_000})
 			_, _, _ = Stats(p.pathA, p.ifA)
 		}(i)
 	}
@@ -257,7 +256,7 @@ func TestNoThreadLeftInNetns(t *testing.T) {
 
 func TestRollback(t *testing.T) {
 	p := newPair(t, "qa0", "qb0")
-	mustApply(t, p.pathA, p.ifA, controller.QoSPolicy{Rate: 5_000_000})
+	mustApply(t, p.pathA, p.ifA, Policy{Rate: 5_000_000})
 	before := snapshotNS(t, p.nsA)
 	boom := errors.New("injected failure")
 	for _, step := range []string{"egress", "ingress"} {
@@ -267,7 +266,7 @@ func TestRollback(t *testing.T) {
 			}
 			return nil
 		}
-		err := Apply(p.pathA, p.ifA, controller.QoSPolicy{Rate: 1_000_000, Ceiling: 2_000_000, Direction: controller.DirBoth})
+		err := Apply(p.pathA, p.ifA, Policy{Rate: 1_000_000, Ceiling: 2_000_000, Direction: Both})
 		stepHook = func(string) error { return nil }
 		if !errors.Is(err, boom) {
 			t.Fatalf("failing after %s: %v, want the injected error", step, err)

@@ -6,10 +6,9 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/circuit-cni/circuit/api"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-
-	"github.com/circuit-cni/circuit/controller"
 )
 
 // Ingress shaping: the kernel cannot queue arriving packets, so a filter
@@ -47,7 +46,7 @@ func lookupIFB(h *netlink.Handle, ifname string) (netlink.Link, error) {
 	if l.Type() != "ifb" {
 		return nil, &kindError{
 			msg:  fmt.Sprintf("device %s exists but is a %s, not circuit's ifb; remove or rename it", name, l.Type()),
-			kind: controller.ErrInUse,
+			kind: api.ErrInUse,
 		}
 	}
 	return l, nil
@@ -78,7 +77,7 @@ func ensureIFB(h *netlink.Handle, link netlink.Link) (netlink.Link, error) {
 
 // installIngress shapes traffic arriving at link. The IFB is shaped
 // before the redirect starts, so no packet passes it unshaped.
-func installIngress(h *netlink.Handle, link netlink.Link, p controller.QoSPolicy) error {
+func installIngress(h *netlink.Handle, link netlink.Link, p Policy) error {
 	ifb, err := ensureIFB(h, link)
 	if err != nil {
 		return err
@@ -249,7 +248,7 @@ func removeRedirect(h *netlink.Handle, link netlink.Link) error {
 }
 
 // readIngress reads circuit's ingress policy back, nil if none.
-func readIngress(h *netlink.Handle, ifname string) (*controller.QoSPolicy, error) {
+func readIngress(h *netlink.Handle, ifname string) (*Policy, error) {
 	ifb, err := lookupIFB(h, ifname)
 	if err != nil || ifb == nil {
 		return nil, err

@@ -11,8 +11,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-
-	"github.com/circuit-cni/circuit/controller"
 )
 
 // netemSeen caches a successful probe: a kernel does not lose a qdisc kind
@@ -21,7 +19,7 @@ var netemSeen atomic.Bool
 
 // NetemSupported reports whether the kernel has the netem qdisc, which
 // delay, jitter and loss need. It returns nil if so, an error wrapping
-// controller.ErrUnsupported if not, or another error if it could not tell.
+// api.ErrUnsupported if not, or another error if it could not tell.
 // It probes on a throwaway device it creates and deletes in the netns at
 // nsPath, so it changes nothing a caller can see.
 func NetemSupported(nsPath string) error {
@@ -81,13 +79,13 @@ func tryNetem(h *netlink.Handle, name string) error {
 	if err != nil {
 		return fmt.Errorf("probe for netem: %w", err)
 	}
-	q := netemQdisc(l.Attrs().Index, netlink.HANDLE_ROOT, netemHandle, controller.QoSPolicy{Delay: time.Millisecond})
+	q := netemQdisc(l.Attrs().Index, netlink.HANDLE_ROOT, netemHandle, Policy{Delay: time.Millisecond})
 	err = h.QdiscAdd(q)
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, unix.ENOENT): // "Specified qdisc kind is unknown"
-		return errNoNetem
+		return ErrNoNetem
 	default:
 		return fmt.Errorf("probe for netem: %w", err)
 	}
@@ -101,7 +99,7 @@ func probeName() string {
 }
 
 // netemQdisc builds netem with the policy's delay, jitter and loss.
-func netemQdisc(link int, parent, handle uint32, p controller.QoSPolicy) *netlink.Netem {
+func netemQdisc(link int, parent, handle uint32, p Policy) *netlink.Netem {
 	return netlink.NewNetem(
 		netlink.QdiscAttrs{LinkIndex: link, Parent: parent, Handle: handle},
 		netlink.NetemQdiscAttrs{
@@ -112,7 +110,7 @@ func netemQdisc(link int, parent, handle uint32, p controller.QoSPolicy) *netlin
 }
 
 // netemToPolicy reads the kernel's netem parameters back.
-func netemToPolicy(n *netlink.Netem, p *controller.QoSPolicy) {
+func netemToPolicy(n *netlink.Netem, p *Policy) {
 	us := func(t uint32) time.Duration {
 		return time.Duration(math.Round(float64(t)/netlink.TickInUsec())) * time.Microsecond
 	}

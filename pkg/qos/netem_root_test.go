@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 )
 
 // hasNetem reports whether the kernel has sch_netem, failing on an
@@ -14,7 +14,7 @@ import (
 func hasNetem(t *testing.T, path string) bool {
 	t.Helper()
 	err := NetemSupported(path)
-	if err != nil && !errors.Is(err, controller.ErrUnsupported) {
+	if err != nil && !errors.Is(err, api.ErrUnsupported) {
 		t.Fatalf("NetemSupported: %v", err)
 	}
 	return err == nil
@@ -34,15 +34,15 @@ func TestNetemUnsupported(t *testing.T) {
 
 	refuse := func(t *testing.T) {
 		t.Helper()
-		for _, pol := range []controller.QoSPolicy{
+		for _, pol := range []Policy{
 			{Delay: 50 * time.Millisecond},
 			{Rate: 1_000_000, Delay: 50 * time.Millisecond},
-			{Rate: 2_000_000, Ceiling: 3_000_000, Loss: 1, Direction: controller.DirBoth},
-			{Jitter: time.Millisecond, Delay: 5 * time.Millisecond, Direction: controller.DirIngress},
+			{Rate: 2_000_000, Ceiling: 3_000_000, Loss: 1, Direction: Both},
+			{Jitter: time.Millisecond, Delay: 5 * time.Millisecond, Direction: Ingress},
 		} {
 			before := snapshotNS(t, p.nsA)
 			err := Apply(p.pathA, p.ifA, pol)
-			if !errors.Is(err, controller.ErrUnsupported) {
+			if !errors.Is(err, api.ErrUnsupported) {
 				t.Fatalf("Apply(%+v) = %v, want ErrUnsupported", pol, err)
 			}
 			want := "apply qos to qa0: delay, jitter and loss need the kernel's netem qdisc (sch_netem), which this kernel does not have"
@@ -56,7 +56,7 @@ func TestNetemUnsupported(t *testing.T) {
 	}
 	t.Run("pristine interface", refuse)
 
-	mustApply(t, p.pathA, p.ifA, controller.QoSPolicy{Rate: 5_000_000, Direction: controller.DirBoth})
+	mustApply(t, p.pathA, p.ifA, Policy{Rate: 5_000_000, Direction: Both})
 	t.Run("over a previous circuit rate policy", refuse)
 	if c := tcShow(t, p.nsA, "class", "show", "dev", p.ifA); !strings.Contains(c, "rate 5Mbit ceil 5Mbit") {
 		t.Errorf("previous policy not intact:\n%s", c)
@@ -82,7 +82,7 @@ func TestNetem(t *testing.T) {
 	}
 
 	t.Run("delay 50ms", func(t *testing.T) {
-		mustApply(t, p.pathA, p.ifA, controller.QoSPolicy{Delay: 50 * time.Millisecond})
+		mustApply(t, p.pathA, p.ifA, Policy{Delay: 50 * time.Millisecond})
 		if q := tcShow(t, p.nsA, "qdisc", "show", "dev", p.ifA); !strings.Contains(q, "qdisc netem c1c0: root") {
 			t.Errorf("want netem as circuit's root:\n%s", q)
 		}
@@ -90,7 +90,7 @@ func TestNetem(t *testing.T) {
 	})
 
 	t.Run("delay 50ms and rate 5000kbit", func(t *testing.T) {
-		mustApply(t, p.pathA, p.ifA, controller.QoSPolicy{Rate: 5_000_000, Delay: 50 * time.Millisecond})
+		mustApply(t, p.pathA, p.ifA, Policy{Rate: 5_000_000, Delay: 50 * time.Millisecond})
 		q := tcShow(t, p.nsA, "qdisc", "show", "dev", p.ifA)
 		if !strings.Contains(q, "qdisc htb c1c0: root") || !strings.Contains(q, "qdisc netem c1c1: parent c1c0:10") {
 			t.Errorf("want htb with a netem leaf:\n%s", q)
@@ -100,7 +100,7 @@ func TestNetem(t *testing.T) {
 	})
 
 	t.Run("rate only again drops netem", func(t *testing.T) {
-		mustApply(t, p.pathA, p.ifA, controller.QoSPolicy{Rate: 5_000_000})
+		mustApply(t, p.pathA, p.ifA, Policy{Rate: 5_000_000})
 		if q := tcShow(t, p.nsA, "qdisc", "show", "dev", p.ifA); strings.Contains(q, "netem") {
 			t.Errorf("netem left behind:\n%s", q)
 		}
@@ -111,7 +111,7 @@ func TestNetem(t *testing.T) {
 	})
 
 	t.Run("loss 20%", func(t *testing.T) {
-		mustApply(t, p.pathA, p.ifA, controller.QoSPolicy{Loss: 20})
+		mustApply(t, p.pathA, p.ifA, Policy{Loss: 20})
 		_, loss := ping(t, p.nsA, p.ipB, "-i", "0.01", "-c", "200")
 		t.Logf("loss %.1f%%", loss)
 		if loss < 8 || loss > 35 {
@@ -127,7 +127,7 @@ func TestNetem(t *testing.T) {
 		if err := Reset(p.pathA, p.ifA); err != nil {
 			t.Fatal(err)
 		}
-		mustApply(t, p.pathB, p.ifB, controller.QoSPolicy{Delay: 50 * time.Millisecond, Direction: controller.DirIngress})
+		mustApply(t, p.pathB, p.ifB, Policy{Delay: 50 * time.Millisecond, Direction: Ingress})
 		assertDelay(t, p.nsA, p.ipB)
 		if err := Reset(p.pathB, p.ifB); err != nil {
 			t.Fatal(err)

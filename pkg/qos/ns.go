@@ -7,11 +7,10 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/circuit-cni/circuit/api"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-
-	"github.com/circuit-cni/circuit/controller"
 )
 
 // netlinkTimeout keeps a wedged kernel answer from hanging a caller forever.
@@ -24,7 +23,7 @@ func openNetns(path string) (*netlink.Handle, error) {
 	ns, err := netns.GetFromPath(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, controller.Errorf(controller.ErrNotFound, "netns %s does not exist", path)
+			return nil, api.Errorf(api.ErrNotFound, "netns %s does not exist", path)
 		}
 		return nil, fmt.Errorf("open netns %s: %w", path, err)
 	}
@@ -32,7 +31,7 @@ func openNetns(path string) (*netlink.Handle, error) {
 	// A pin whose netns is gone is a plain file; setns would reject it.
 	var fs unix.Statfs_t
 	if err := unix.Fstatfs(int(ns), &fs); err != nil || fs.Type != unix.NSFS_MAGIC {
-		return nil, controller.Errorf(controller.ErrNotFound, "netns %s is not a network namespace (stale pin?)", path)
+		return nil, api.Errorf(api.ErrNotFound, "netns %s is not a network namespace (stale pin?)", path)
 	}
 
 	// NewHandleAt creates its socket by switching the calling thread into
@@ -65,7 +64,7 @@ func linkByName(h *netlink.Handle, ifname string) (netlink.Link, error) {
 	l, err := h.LinkByName(ifname)
 	if err != nil {
 		if isNotFound(err) {
-			return nil, controller.Errorf(controller.ErrNotFound, "interface %s does not exist", ifname)
+			return nil, api.Errorf(api.ErrNotFound, "interface %s does not exist", ifname)
 		}
 		return nil, fmt.Errorf("interface %s: %w", ifname, err)
 	}

@@ -3,12 +3,10 @@ package qos
 import (
 	"errors"
 	"fmt"
-	"math"
 	"sync"
 
+	"github.com/circuit-cni/circuit/api"
 	"github.com/vishvananda/netlink"
-
-	"github.com/circuit-cni/circuit/controller"
 )
 
 // Apply shapes ifname in the netns at nsPath (a netns file such as
@@ -19,7 +17,7 @@ import (
 // lacks netem (ErrUnsupported) or ifname carries a root qdisc circuit did
 // not install (ErrInUse), and puts the previous state back when a kernel
 // call fails part-way.
-func Apply(nsPath, ifname string, p controller.QoSPolicy) error {
+func Apply(nsPath, ifname string, p Policy) error {
 	mu.Lock()
 	defer mu.Unlock()
 	if err := apply(nsPath, ifname, p); err != nil {
@@ -32,7 +30,7 @@ func Apply(nsPath, ifname string, p controller.QoSPolicy) error {
 // from interleaving; each takes milliseconds.
 var mu sync.Mutex
 
-func apply(nsPath, ifname string, p controller.QoSPolicy) error {
+func apply(nsPath, ifname string, p Policy) error {
 	p, err := normalize(p)
 	if err != nil {
 		return err
@@ -93,7 +91,7 @@ func preflight(h *netlink.Handle, link netlink.Link, egress, ingress bool) error
 }
 
 // state is what circuit had installed on an interface, per direction.
-type state struct{ egress, ingress *controller.QoSPolicy }
+type state struct{ egress, ingress *Policy }
 
 func snapshot(h *netlink.Handle, link netlink.Link) (state, error) {
 	eg, err := readTree(h, link)
@@ -111,7 +109,7 @@ func snapshot(h *netlink.Handle, link netlink.Link) (state, error) {
 // the rollback.
 var stepHook = func(step string) error { return nil }
 
-func install(h *netlink.Handle, link netlink.Link, p controller.QoSPolicy, egress, ingress bool) error {
+func install(h *netlink.Handle, link netlink.Link, p Policy, egress, ingress bool) error {
 	if egress {
 		if err := installTree(h, link, p); err != nil {
 			return fmt.Errorf("egress: %w", err)
@@ -165,7 +163,7 @@ func Reset(nsPath, ifname string) error {
 
 func reset(nsPath, ifname string) error {
 	h, err := openNetns(nsPath)
-	if errors.Is(err, controller.ErrNotFound) {
+	if errors.Is(err, api.ErrNotFound) {
 		return nil
 	}
 	if err != nil {
@@ -173,7 +171,7 @@ func reset(nsPath, ifname string) error {
 	}
 	defer h.Close()
 	link, err := linkByName(h, ifname)
-	if errors.Is(err, controller.ErrNotFound) {
+	if errors.Is(err, api.ErrNotFound) {
 		link = nil // its IFB may still be there
 	} else if err != nil {
 		return err
@@ -192,7 +190,7 @@ func reset(nsPath, ifname string) error {
 // Stats returns the counters of circuit's qdiscs on ifname, egress from
 // its root qdisc and ingress from its IFB's; nil for a direction that is
 // not shaped.
-func Stats(nsPath, ifname string) (egress, ingress *controller.QoSCounters, err error) {
+func Stats(nsPath, ifname string) (egress, ingress *Counters, err error) {
 	defer func() {
 		if err != nil {
 			err = fmt.Errorf("read qos counters of %s: %w", ifname, err)
@@ -223,11 +221,11 @@ func Stats(nsPath, ifname string) (egress, ingress *controller.QoSCounters, err 
 	return egress, ingress, nil
 }
 
-func directions(dir string) (egress, ingress bool) {
+func directions(dir Direction) (egress, ingress bool) {
 	switch dir {
-	case controller.DirIngress:
+	case Ingress:
 		return false, true
-	case controller.DirBoth:
+	case Both:
 		return true, true
 	default:
 		return true, false
@@ -244,16 +242,12 @@ func checkNames(nsPath, ifname string) error {
 	return nil
 }
 
-// minRate is one byte per second, the smallest rate HTB can express.
-const minRate = 8
-
-// normalize validates p and fills in the defaults: Ceiling is Rate when
-// unset, and a lone Ceiling is also the Rate.
-func normalize(p controller.QoSPolicy) (controller.QoSPolicy, error) {
-	switch p.Direction {
-	case "", controller.DirEgress, controller.DirIngress, controller.DirBoth:
-	default:
-		return p, invalidPolicy(fmt.Sprintf("direction %q (use egress, ingress or both)", p.Direction))
+// normalize validates p by circuit's rules (package api, the same ones qos
+// set applies) and fills in the defaults: Ceiling is Rate when unset, and a
+// lone Ceiling is also the Rate.
+func normalize(p Policy) (Policy, error) {
+	if err := api.ValidDirection(api.Direction(p.Direction)); err != nil {
+		return p, err
 	}
 	if p.Rate == 0 {
 		p.Rate = p.Ceiling
@@ -261,25 +255,20 @@ func normalize(p controller.QoSPolicy) (controller.QoSPolicy, error) {
 	if p.Ceiling == 0 {
 		p.Ceiling = p.Rate
 	}
-	if p.Rate != 0 && p.Rate < minRate {
-		return p, invalidPolicy(fmt.Sprintf("rate %dbit is below %dbit", p.Rate, minRate))
+	if err := api.ValidRate("rate", p.Rate); err != nil {
+		return p, err
 	}
 	if p.Ceiling < p.Rate {
-		return p, invalidPolicy(fmt.Sprintf("ceiling %s is below rate %s", FormatRate(p.Ceiling), FormatRate(p.Rate)))
+		return p, invalidPolicy(fmt.Sprintf("ceiling %s is below rate %s", api.FormatRate(p.Ceiling), api.FormatRate(p.Rate)))
 	}
-	for _, d := range []struct {
-		name string
-		v    int64
-	}{{"delay", int64(p.Delay)}, {"jitter", int64(p.Jitter)}} {
-		if d.v < 0 || d.v > int64(MaxDelay) {
-			return p, invalidPolicy(fmt.Sprintf("%s must be between 0 and %s", d.name, maxDelayText))
-		}
+	if err := api.ValidDelay("delay", p.Delay); err != nil {
+		return p, err
+	}
+	if err := api.ValidDelay("jitter", p.Jitter); err != nil {
+		return p, err
 	}
 	if p.Jitter > 0 && p.Delay == 0 {
 		return p, invalidPolicy("jitter needs a delay")
 	}
-	if math.IsNaN(p.Loss) || p.Loss < 0 || p.Loss > 100 {
-		return p, invalidPolicy("loss must be between 0% and 100%")
-	}
-	return p, nil
+	return p, api.ValidLoss(p.Loss)
 }

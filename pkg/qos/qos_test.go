@@ -7,19 +7,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 )
 
 func TestNormalize(t *testing.T) {
-	got, err := normalize(controller.QoSPolicy{Rate: 5e6})
+	got, err := normalize(Policy{Rate: 5e6})
 	if err != nil || got.Ceiling != 5e6 {
 		t.Errorf("ceiling defaults to rate: %+v, %v", got, err)
 	}
-	got, err = normalize(controller.QoSPolicy{Ceiling: 6e6})
+	got, err = normalize(Policy{Ceiling: 6e6})
 	if err != nil || got.Rate != 6e6 {
 		t.Errorf("a lone ceiling is the rate: %+v, %v", got, err)
 	}
-	bad := map[string]controller.QoSPolicy{
+	bad := map[string]Policy{
 		"direction":                         {Rate: 1e6, Direction: "up"},
 		"ceiling 5mbit is below rate 6mbit": {Rate: 6e6, Ceiling: 5e6},
 		"rate 1bit is below 8bit":           {Rate: 1},
@@ -31,7 +31,7 @@ func TestNormalize(t *testing.T) {
 	}
 	for want, p := range bad {
 		_, err := normalize(p)
-		if !errors.Is(err, controller.ErrInvalid) || !strings.Contains(err.Error(), want) {
+		if !errors.Is(err, api.ErrInvalid) || !strings.Contains(err.Error(), want) {
 			t.Errorf("normalize(%+v) = %v, want ErrInvalid containing %q", p, err, want)
 		}
 	}

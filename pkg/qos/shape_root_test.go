@@ -3,8 +3,6 @@ package qos
 import (
 	"strings"
 	"testing"
-
-	"github.com/circuit-cni/circuit/controller"
 )
 
 // TestShapeThroughput shapes a veth between two netns and measures it.
@@ -17,7 +15,7 @@ func TestShapeThroughput(t *testing.T) {
 		assertMbit(t, p, p.nsA, p.nsB, p.ipB, 2, 100, 1e9)
 	})
 
-	egress := controller.QoSPolicy{Rate: 5_000_000, Ceiling: 6_000_000}
+	egress := Policy{Rate: 5_000_000, Ceiling: 6_000_000}
 	if err := Apply(p.pathA, p.ifA, egress); err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +34,7 @@ func TestShapeThroughput(t *testing.T) {
 		}
 	})
 
-	if err := Apply(p.pathA, p.ifA, controller.QoSPolicy{Rate: 10_000_000}); err != nil {
+	if err := Apply(p.pathA, p.ifA, Policy{Rate: 10_000_000}); err != nil {
 		t.Fatalf("second Apply: %v", err)
 	}
 	if c := tcShow(t, p.nsA, "class", "show", "dev", p.ifA); !strings.Contains(c, "rate 10Mbit ceil 10Mbit") {
@@ -49,7 +47,7 @@ func TestShapeThroughput(t *testing.T) {
 	if err := Reset(p.pathA, p.ifA); err != nil {
 		t.Fatal(err)
 	}
-	ingress := controller.QoSPolicy{Rate: 5_000_000, Direction: controller.DirIngress}
+	ingress := Policy{Rate: 5_000_000, Direction: Ingress}
 	if err := Apply(p.pathB, p.ifB, ingress); err != nil {
 		t.Fatal(err)
 	}

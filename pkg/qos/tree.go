@@ -6,9 +6,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/circuit-cni/circuit/api"
 	"github.com/vishvananda/netlink"
-
-	"github.com/circuit-cni/circuit/controller"
 )
 
 // Circuit's traffic-control identities (see the package comment).
@@ -58,7 +57,7 @@ func checkRoot(h *netlink.Handle, link netlink.Link) (netlink.Qdisc, error) {
 		return nil, &kindError{
 			msg: fmt.Sprintf("%s already has a root qdisc %s %s that circuit did not install; remove it first",
 				link.Attrs().Name, q.Type(), strings.TrimSuffix(netlink.HandleStr(q.Attrs().Handle), ":0")+":"),
-			kind: controller.ErrInUse,
+			kind: api.ErrInUse,
 		}
 	}
 	return q, nil
@@ -67,7 +66,7 @@ func checkRoot(h *netlink.Handle, link netlink.Link) (netlink.Qdisc, error) {
 // installTree makes link's root tree match p. Objects change in place
 // (replace semantics), so traffic is not briefly unshaped; only a switch
 // between netem-only and HTB deletes the old root first.
-func installTree(h *netlink.Handle, link netlink.Link, p controller.QoSPolicy) error {
+func installTree(h *netlink.Handle, link netlink.Link, p Policy) error {
 	root, err := checkRoot(h, link)
 	if err != nil {
 		return err
@@ -136,12 +135,12 @@ func removeTree(h *netlink.Handle, link netlink.Link) error {
 
 // readTree reads circuit's tree on link back into a policy, nil if none.
 // Apply uses it to put a previous policy back after a failure.
-func readTree(h *netlink.Handle, link netlink.Link) (*controller.QoSPolicy, error) {
+func readTree(h *netlink.Handle, link netlink.Link) (*Policy, error) {
 	root, err := rootQdisc(h, link)
 	if err != nil || !isOurs(root) {
 		return nil, err
 	}
-	p := &controller.QoSPolicy{}
+	p := &Policy{}
 	if n, ok := root.(*netlink.Netem); ok {
 		netemToPolicy(n, p)
 		return p, nil
@@ -179,12 +178,12 @@ func qdiscByHandle(h *netlink.Handle, link netlink.Link, handle uint32) (netlink
 }
 
 // counters reads circuit's root qdisc on link, nil if it has none.
-func counters(h *netlink.Handle, link netlink.Link) (*controller.QoSCounters, error) {
+func counters(h *netlink.Handle, link netlink.Link) (*Counters, error) {
 	root, err := rootQdisc(h, link)
 	if err != nil || !isOurs(root) {
 		return nil, err
 	}
-	c := &controller.QoSCounters{}
+	c := &Counters{}
 	if s := root.Attrs().Statistics; s != nil {
 		if s.Basic != nil {
 			c.Bytes, c.Packets = s.Basic.Bytes, uint64(s.Basic.Packets)

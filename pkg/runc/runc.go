@@ -11,21 +11,11 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/circuit-cni/circuit/controller"
-	"github.com/circuit-cni/circuit/internal/ident"
+	"github.com/circuit-cni/circuit/api"
 )
 
 // DefaultRoot is runc's default --root for root.
 const DefaultRoot = "/run/runc"
-
-// ValidID checks a container ID: what runc accepts (a letter or digit, then
-// letters, digits and _+.-), without "..".
-func ValidID(id string) error {
-	if len(id) > 1024 || !ident.Valid(id, 0, true, "_+.-") || strings.Contains(id, "..") {
-		return controller.Errorf(controller.ErrInvalid, "container id %q: use letters, digits, '_', '+', '.' or '-'", id)
-	}
-	return nil
-}
 
 // Container is a running container's identity.
 type Container struct {
@@ -46,32 +36,32 @@ func Resolve(root, arg string) (*Container, error) {
 	}
 	if pid, err := strconv.Atoi(arg); err == nil {
 		if pid <= 0 {
-			return nil, controller.Errorf(controller.ErrInvalid, "pid %d is not a process id", pid)
+			return nil, api.Errorf(api.ErrInvalid, "pid %d is not a process id", pid)
 		}
 		start, err := StartTime(pid)
 		if err != nil {
-			return nil, controller.Errorf(controller.ErrNotFound, "no process with pid %d", pid)
+			return nil, api.Errorf(api.ErrNotFound, "no process with pid %d", pid)
 		}
 		if st := byPID(root, pid); st != nil {
 			return &Container{ID: st.ID, PID: pid}, nil
 		}
 		return &Container{ID: fmt.Sprintf("pid-%d-%d", pid, start), PID: pid}, nil
 	}
-	if err := ValidID(arg); err != nil {
+	if err := api.ValidContainerID(arg); err != nil {
 		return nil, err
 	}
 	st, err := read(filepath.Join(root, arg, "state.json"))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, controller.Errorf(controller.ErrNotFound, "no runc container %q under %s", arg, root)
+			return nil, api.Errorf(api.ErrNotFound, "no runc container %q under %s", arg, root)
 		}
 		return nil, fmt.Errorf("runc container %s: %w", arg, err)
 	}
 	if st.InitPID <= 0 {
-		return nil, controller.Errorf(controller.ErrNotFound, "runc container %q is not running", arg)
+		return nil, api.Errorf(api.ErrNotFound, "runc container %q is not running", arg)
 	}
 	if start, err := StartTime(st.InitPID); err != nil || (st.InitStart != 0 && start != st.InitStart) {
-		return nil, controller.Errorf(controller.ErrNotFound, "runc container %q is not running", arg)
+		return nil, api.Errorf(api.ErrNotFound, "runc container %q is not running", arg)
 	}
 	return &Container{ID: st.ID, PID: st.InitPID}, nil
 }

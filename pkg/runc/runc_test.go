@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 )
 
 // fakeRoot writes a runc state dir holding one container whose init is
@@ -53,13 +53,13 @@ func TestResolveRefuses(t *testing.T) {
 		root, arg string
 		want      error
 	}{
-		{root, "web-01", controller.ErrNotFound},
-		{root, "999999999", controller.ErrNotFound},
-		{root, "0", controller.ErrInvalid},
-		{root, "../etc", controller.ErrInvalid},
-		{root, "a/b", controller.ErrInvalid},
-		{root, strings.Repeat("a", 1025), controller.ErrInvalid},
-		{stale, "reused", controller.ErrNotFound},
+		{root, "web-01", api.ErrNotFound},
+		{root, "999999999", api.ErrNotFound},
+		{root, "0", api.ErrInvalid},
+		{root, "../etc", api.ErrInvalid},
+		{root, "a/b", api.ErrInvalid},
+		{root, strings.Repeat("a", 1025), api.ErrInvalid},
+		{stale, "reused", api.ErrNotFound},
 	}
 	for _, tc := range cases {
 		if _, err := Resolve(tc.root, tc.arg); !errors.Is(err, tc.want) {

@@ -19,7 +19,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/nsfd"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
 )
@@ -82,7 +82,7 @@ func (b *Backend) available() error {
 		_, err = b.g.services()
 	}
 	if err != nil {
-		return controller.Errorf(controller.ErrUnsupported, "IPVS (CONFIG_IP_VS) is not available in this kernel (the kernel has no IPVS netlink family: %v)", err)
+		return api.Errorf(api.ErrUnsupported, "IPVS (CONFIG_IP_VS) is not available in this kernel (the kernel has no IPVS netlink family: %v)", err)
 	}
 	b.ok = true
 	return nil
@@ -90,7 +90,10 @@ func (b *Backend) available() error {
 
 // Validate checks svc; IPVS can do every scheduler and forwarding method
 // circuit knows.
-func (b *Backend) Validate(svc controller.Service) error {
+func (b *Backend) Validate(svc spec.Service) error { return Validate(svc) }
+
+// Validate is Backend.Validate without a backend: it touches no kernel.
+func Validate(svc spec.Service) error {
 	_, err := spec.Parse(svc)
 	return err
 }
@@ -128,12 +131,12 @@ func toSvc(s *spec.Spec) *svc {
 	return k
 }
 
-func toDest(t spec.Target) *dest {
+func toDest(t spec.ParsedTarget) *dest {
 	d := &dest{addr: t.Addr, weight: uint32(t.Weight), fwd: fwdMasq}
 	switch t.Forward {
-	case spec.ForwardDR:
+	case api.ForwardDR:
 		d.fwd = fwdDirectRoute
-	case spec.ForwardTunnel:
+	case api.ForwardTunnel:
 		d.fwd = fwdTunnel
 	}
 	return d
@@ -150,19 +153,19 @@ func notFound(err error) bool {
 
 // keyOf is the kernel key of a recorded service, for Delete and Stats,
 // which must work even if the record would no longer validate.
-func keyOf(rec controller.Service) (*svc, error) {
-	vip, err := spec.ParseAddrPort(rec.Address)
+func keyOf(rec spec.Service) (*svc, error) {
+	vip, err := api.ParseAddrPort(rec.Address)
 	if err != nil {
 		return nil, err
 	}
 	proto := rec.Protocol
 	if proto == "" {
-		proto = spec.DefaultProtocol
+		proto = api.DefaultProtocol
 	}
-	if err := spec.ValidProtocol(proto); err != nil {
+	if err := api.ValidProtocol(proto); err != nil {
 		return nil, err
 	}
-	return &svc{addr: vip, proto: uint16(spec.Protocols[proto])}, nil
+	return &svc{addr: vip, proto: uint16(api.Protocols[proto])}, nil
 }
 
 func vipOf(k *svc) netip.Addr { return k.addr.Addr() }

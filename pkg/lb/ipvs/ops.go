@@ -7,13 +7,13 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
 )
 
 // Ensure makes the IPVS service with svc's address, protocol and port
 // exactly svc: settings and the set of real servers.
-func (b *Backend) Ensure(svc controller.Service) error {
+func (b *Backend) Ensure(svc spec.Service) error {
 	s, err := spec.Parse(svc)
 	if err != nil {
 		return err
@@ -52,7 +52,7 @@ func (b *Backend) ensure(s *spec.Spec) error {
 		return fmt.Errorf("list real servers: %w", err)
 	}
 	for _, d := range have {
-		if !slices.ContainsFunc(s.Targets, func(t spec.Target) bool { return t.Addr == d.addr }) {
+		if !slices.ContainsFunc(s.Targets, func(t spec.ParsedTarget) bool { return t.Addr == d.addr }) {
 			if err := b.g.delDest(want, d); err != nil && !notFound(err) {
 				return fmt.Errorf("remove target %s: %w", d.addr, err)
 			}
@@ -81,23 +81,23 @@ func (b *Backend) ensure(s *spec.Spec) error {
 func schedErr(s *spec.Spec, err error) error {
 	if errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("scheduler %s (ip_vs_%s) is not available in this kernel: %v: %w",
-			s.Scheduler, s.Scheduler, err, controller.ErrUnsupported)
+			s.Scheduler, s.Scheduler, err, api.ErrUnsupported)
 	}
 	return err
 }
 
 // AddTarget adds (or updates) one real server; if the service is missing
 // it runs Ensure instead.
-func (b *Backend) AddTarget(svc controller.Service, t controller.Target) error {
+func (b *Backend) AddTarget(svc spec.Service, t spec.Target) error {
 	return b.changeTarget(svc, t, true)
 }
 
 // RemoveTarget removes one real server; one already gone is no error.
-func (b *Backend) RemoveTarget(svc controller.Service, t controller.Target) error {
+func (b *Backend) RemoveTarget(svc spec.Service, t spec.Target) error {
 	return b.changeTarget(svc, t, false)
 }
 
-func (b *Backend) changeTarget(svc controller.Service, t controller.Target, add bool) error {
+func (b *Backend) changeTarget(svc spec.Service, t spec.Target, add bool) error {
 	s, err := spec.Parse(svc)
 	if err != nil {
 		return err
@@ -107,9 +107,9 @@ func (b *Backend) changeTarget(svc controller.Service, t controller.Target, add 
 	if err != nil {
 		return fmt.Errorf("%s: %s target: %w", s.Prefix(), verb, err)
 	}
-	if slices.ContainsFunc(s.Targets, func(x spec.Target) bool { return x.Addr == pt.Addr }) != add {
+	if slices.ContainsFunc(s.Targets, func(x spec.ParsedTarget) bool { return x.Addr == pt.Addr }) != add {
 		return fmt.Errorf("%s: %s target %s: pass the service as it is after the change: %w",
-			s.Prefix(), verb, pt.Addr, controller.ErrInvalid)
+			s.Prefix(), verb, pt.Addr, api.ErrInvalid)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -136,7 +136,7 @@ func (b *Backend) changeTarget(svc controller.Service, t controller.Target, add 
 
 // Delete removes the IPVS service (gone already is fine) and releases its
 // address.
-func (b *Backend) Delete(svc controller.Service) error {
+func (b *Backend) Delete(svc spec.Service) error {
 	k, err := keyOf(svc)
 	if err != nil {
 		return fmt.Errorf("lb %s: ipvs: delete: %w", svc.Name, err)
@@ -157,7 +157,7 @@ func (b *Backend) Delete(svc controller.Service) error {
 
 // Stats reads IPVS's counters of the service and its real servers:
 // Packets and Bytes add both directions (with NAT, IPVS sees replies).
-func (b *Backend) Stats(svc controller.Service) (*controller.ServiceStatus, error) {
+func (b *Backend) Stats(svc spec.Service) (*spec.Stats, error) {
 	k, err := keyOf(svc)
 	if err != nil {
 		return nil, fmt.Errorf("lb %s: ipvs: stats: %w", svc.Name, err)
@@ -169,7 +169,7 @@ func (b *Backend) Stats(svc controller.Service) (*controller.ServiceStatus, erro
 	}
 	cur, err := b.g.getService(k)
 	if notFound(err) {
-		return nil, controller.Errorf(controller.ErrNotFound, "lb %s: ipvs: service %s is not programmed", svc.Name, k.addr)
+		return nil, api.Errorf(api.ErrNotFound, "lb %s: ipvs: service %s is not programmed", svc.Name, k.addr)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("lb %s: ipvs: stats: %w", svc.Name, err)
@@ -178,10 +178,10 @@ func (b *Backend) Stats(svc controller.Service) (*controller.ServiceStatus, erro
 	if err != nil {
 		return nil, fmt.Errorf("lb %s: ipvs: stats: list real servers: %w", svc.Name, err)
 	}
-	st := &controller.ServiceStatus{Service: svc, Stats: counters(cur.stats), Targets: map[string]controller.Counters{}}
+	st := &spec.Stats{Service: counters(cur.stats), Targets: map[string]spec.Counters{}}
 	names := map[string]string{}
 	for _, t := range svc.Targets {
-		if ap, err := spec.ParseAddrPort(t.Address); err == nil {
+		if ap, err := api.ParseAddrPort(t.Address); err == nil {
 			names[ap.String()] = t.Address
 		}
 	}
@@ -195,6 +195,6 @@ func (b *Backend) Stats(svc controller.Service) (*controller.ServiceStatus, erro
 	return st, nil
 }
 
-func counters(s stats) controller.Counters {
-	return controller.Counters{Connections: s.conns, Packets: s.inPkts + s.outPkts, Bytes: s.inBytes + s.outBytes}
+func counters(s stats) spec.Counters {
+	return spec.Counters{Connections: s.conns, Packets: s.inPkts + s.outPkts, Bytes: s.inBytes + s.outBytes}
 }

@@ -9,8 +9,8 @@ import (
 	mobyipvs "github.com/moby/ipvs"
 	"golang.org/x/sys/unix"
 
-	"github.com/circuit-cni/circuit/controller"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/lbtest"
+	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
 )
 
 func must(t testing.TB, err error) {
@@ -22,10 +22,10 @@ func must(t testing.TB, err error) {
 
 func hostPort(ip, port string) string { return net.JoinHostPort(ip, port) }
 
-func service(name, vip, sched string, targets ...string) controller.Service {
-	s := controller.Service{Name: name, Address: vip, Scheduler: sched}
+func service(name, vip, sched string, targets ...string) spec.Service {
+	s := spec.Service{Name: name, Address: vip, Scheduler: sched}
 	for _, a := range targets {
-		s.Targets = append(s.Targets, controller.Target{Address: a})
+		s.Targets = append(s.Targets, spec.Target{Address: a})
 	}
 	return s
 }
@@ -100,17 +100,17 @@ func TestIPVSTraffic(t *testing.T) {
 				}
 				// IPVS folds its per-CPU counters every 2s: wait for them (the
 				// minute is a backstop; the VM tier emulates its CPUs).
-				var st *controller.ServiceStatus
+				var st *spec.Stats
 				for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
 					var err error
 					st, err = b.Stats(svc)
 					must(t, err)
-					if st.Stats.Connections >= 20 {
+					if st.Service.Connections >= 20 {
 						break
 					}
 				}
-				if st.Stats.Connections < 20 || st.Targets[a].Connections < 10 || st.Targets[bb].Connections < 10 ||
-					st.Stats.Packets < 80 || st.Stats.Bytes < st.Stats.Packets*40 {
+				if st.Service.Connections < 20 || st.Targets[a].Connections < 10 || st.Targets[bb].Connections < 10 ||
+					st.Service.Packets < 80 || st.Service.Bytes < st.Service.Packets*40 {
 					t.Errorf("stats %+v", st)
 				}
 				if p, ok := lbtest.Tool("ipvsadm"); ok {
@@ -122,7 +122,7 @@ func TestIPVSTraffic(t *testing.T) {
 			t.Run("wrr", func(t *testing.T) {
 				svc := svc
 				svc.Scheduler = "wrr"
-				svc.Targets = []controller.Target{{Address: a, Weight: 3}, {Address: bb, Weight: 1}}
+				svc.Targets = []spec.Target{{Address: a, Weight: 3}, {Address: bb, Weight: 1}}
 				must(t, b.Ensure(svc))
 				got := lbtest.Tally(c, u, 40)
 				if got["a"] < 24 || got["a"] > 36 || got["a"]+got["b"] != 40 {
@@ -158,12 +158,12 @@ func TestIPVSTraffic(t *testing.T) {
 			t.Run("remove", func(t *testing.T) {
 				must(t, b.Ensure(svc))
 				after := service(svc.Name, svc.Address, "rr", a)
-				must(t, b.RemoveTarget(after, controller.Target{Address: bb}))
-				must(t, b.RemoveTarget(after, controller.Target{Address: bb})) // gone already
+				must(t, b.RemoveTarget(after, spec.Target{Address: bb}))
+				must(t, b.RemoveTarget(after, spec.Target{Address: bb})) // gone already
 				if got := lbtest.Tally(c, u, 10); got["a"] != 10 {
 					t.Fatalf("after removing b: %v, want all to a", got)
 				}
-				must(t, b.AddTarget(svc, controller.Target{Address: bb}))
+				must(t, b.AddTarget(svc, spec.Target{Address: bb}))
 				if got := lbtest.Tally(c, u, 10); got["a"] == 0 || got["b"] == 0 {
 					t.Fatalf("after adding b back: %v", got)
 				}

@@ -11,17 +11,17 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/lbtest"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
 )
 
 func TestValidate(t *testing.T) {
 	b := &Backend{}
-	for sched := range spec.Schedulers {
+	for sched := range api.Schedulers {
 		for _, proto := range []string{"tcp", "udp", "sctp"} {
-			svc := controller.Service{Name: "web", Address: "10.0.0.1:80", Scheduler: sched, Protocol: proto,
-				Targets: []controller.Target{
+			svc := spec.Service{Name: "web", Address: "10.0.0.1:80", Scheduler: sched, Protocol: proto,
+				Targets: []spec.Target{
 					{Address: "10.0.1.1:8080"}, {Address: "10.0.1.2:80", Forward: "dr"},
 					{Address: "10.0.1.3:80", Forward: "tunnel", Weight: 5}, {Address: "[fd00::1]:80", Forward: "tunnel"},
 				}}
@@ -30,15 +30,15 @@ func TestValidate(t *testing.T) {
 			}
 		}
 	}
-	bad := controller.Service{Name: "web", Address: "10.0.0.1:80", Scheduler: "fo"}
-	if err := b.Validate(bad); !errors.Is(err, controller.ErrInvalid) {
+	bad := spec.Service{Name: "web", Address: "10.0.0.1:80", Scheduler: "fo"}
+	if err := b.Validate(bad); !errors.Is(err, api.ErrInvalid) {
 		t.Errorf("unknown scheduler: %v", err)
 	}
 }
 
 func TestToSvc(t *testing.T) {
-	rec := controller.Service{Name: "web", Address: "[fd00::1]:443", Protocol: "sctp", Scheduler: "mh",
-		Targets: []controller.Target{{Address: "[fd00::2]:443", Forward: "dr", Weight: 7}}}
+	rec := spec.Service{Name: "web", Address: "[fd00::1]:443", Protocol: "sctp", Scheduler: "mh",
+		Targets: []spec.Target{{Address: "[fd00::2]:443", Forward: "dr", Weight: 7}}}
 	lbtest.SetPersistence(&rec.Persistence, 1500*time.Millisecond)
 	s, err := spec.Parse(rec)
 	if err != nil {
@@ -115,7 +115,7 @@ func TestDecodeKernelAnswer(t *testing.T) {
 	if *d != want {
 		t.Errorf("decoded %+v, want %+v", *d, want)
 	}
-	if c := counters(d.stats); c != (controller.Counters{Connections: 5, Packets: 13, Bytes: 17}) {
+	if c := counters(d.stats); c != (spec.Counters{Connections: 5, Packets: 13, Bytes: 17}) {
 		t.Errorf("counters %+v", c)
 	}
 }
@@ -128,12 +128,12 @@ func TestAvailableNames(t *testing.T) {
 	}
 	defer b.Close()
 	if err := b.Available(); err != nil {
-		if !errors.Is(err, controller.ErrUnsupported) || !strings.Contains(err.Error(), "IPVS (CONFIG_IP_VS) is not available in this kernel") {
+		if !errors.Is(err, api.ErrUnsupported) || !strings.Contains(err.Error(), "IPVS (CONFIG_IP_VS) is not available in this kernel") {
 			t.Errorf("Available: %v", err)
 		}
 		// Operations fail the same way, before touching anything.
-		svc := controller.Service{Name: "web", Address: "10.201.100.10:80"}
-		if err := b.Ensure(svc); !errors.Is(err, controller.ErrUnsupported) {
+		svc := spec.Service{Name: "web", Address: "10.201.100.10:80"}
+		if err := b.Ensure(svc); !errors.Is(err, api.ErrUnsupported) {
 			t.Errorf("Ensure without IPVS: %v", err)
 		}
 	}

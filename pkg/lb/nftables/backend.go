@@ -27,8 +27,9 @@ import (
 	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/nsfd"
+	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
 )
 
 // Name is the backend's name.
@@ -70,14 +71,17 @@ func (b *Backend) Name() string { return Name }
 // Available reports whether the kernel speaks nf_tables.
 func (b *Backend) Available() error {
 	if _, err := b.conn.ListTablesOfFamily(nftables.TableFamilyINet); err != nil {
-		return controller.Errorf(controller.ErrUnsupported, "nftables (CONFIG_NF_TABLES) is not available in this kernel: %v", err)
+		return api.Errorf(api.ErrUnsupported, "nftables (CONFIG_NF_TABLES) is not available in this kernel: %v", err)
 	}
 	return nil
 }
 
 // Validate refuses what this backend cannot do: schedulers other than
 // rr, wrr and sh, and forwarding other than nat.
-func (b *Backend) Validate(svc controller.Service) error {
+func (b *Backend) Validate(svc spec.Service) error { return Validate(svc) }
+
+// Validate is Backend.Validate without a backend: it touches no kernel.
+func Validate(svc spec.Service) error {
 	_, err := validate(svc)
 	return err
 }

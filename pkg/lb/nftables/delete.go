@@ -4,15 +4,15 @@ import (
 	"bytes"
 	"fmt"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
 )
 
 // Delete removes the service; a service that is already gone is not an
 // error. Deleting the last service deletes the whole table instead, in
 // the same single transaction.
-func (b *Backend) Delete(svc controller.Service) error {
-	if err := spec.ValidName(svc.Name); err != nil {
+func (b *Backend) Delete(svc spec.Service) error {
+	if err := api.ValidServiceName(svc.Name); err != nil {
 		return fmt.Errorf("lb: %w", err)
 	}
 	b.mu.Lock()
@@ -23,7 +23,7 @@ func (b *Backend) Delete(svc controller.Service) error {
 	return nil
 }
 
-func (b *Backend) delete(svc controller.Service) error {
+func (b *Backend) delete(svc spec.Service) error {
 	exists, err := b.tableExists()
 	if err != nil || !exists {
 		return err

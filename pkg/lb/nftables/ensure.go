@@ -9,13 +9,13 @@ import (
 	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
 )
 
 // Ensure makes the kernel's view of svc exactly svc, creating the table
 // and the service as needed, in one transaction.
-func (b *Backend) Ensure(svc controller.Service) error {
+func (b *Backend) Ensure(svc spec.Service) error {
 	s, err := validate(svc)
 	if err != nil {
 		return err
@@ -41,7 +41,7 @@ func (b *Backend) ensure(s *spec.Spec) error {
 		switch {
 		case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EOPNOTSUPP):
 			return fmt.Errorf("create table inet %s: %w (the kernel lacks an nftables feature this backend needs: "+
-				"nat, numgen, jhash, ct, masquerade or dynamic sets): %w", tableName, err, controller.ErrUnsupported)
+				"nat, numgen, jhash, ct, masquerade or dynamic sets): %w", tableName, err, api.ErrUnsupported)
 		case err == nil || !errors.Is(err, unix.EEXIST):
 			return wrapCommit("create table inet "+tableName, err)
 		}
@@ -64,28 +64,28 @@ func (b *Backend) ensure(s *spec.Spec) error {
 // only this service's chain, the new target's objects and one element of
 // the service's target set, with no reads. If that fails (e.g. the
 // service is not programmed), it falls back to Ensure.
-func (b *Backend) AddTarget(svc controller.Service, t controller.Target) error {
+func (b *Backend) AddTarget(svc spec.Service, t spec.Target) error {
 	return b.changeTarget(svc, t, true)
 }
 
 // RemoveTarget removes t (no longer part of svc) the same way.
-func (b *Backend) RemoveTarget(svc controller.Service, t controller.Target) error {
+func (b *Backend) RemoveTarget(svc spec.Service, t spec.Target) error {
 	return b.changeTarget(svc, t, false)
 }
 
-func (b *Backend) changeTarget(svc controller.Service, t controller.Target, add bool) error {
+func (b *Backend) changeTarget(svc spec.Service, t spec.Target, add bool) error {
 	s, err := validate(svc)
 	if err != nil {
 		return err
 	}
 	verb := map[bool]string{true: "add", false: "remove"}[add]
-	ap, err := spec.ParseAddrPort(t.Address)
+	ap, err := api.ParseAddrPort(t.Address)
 	if err != nil {
 		return fmt.Errorf("%s: %s target: %w", s.Prefix(), verb, err)
 	}
 	if slices.Contains(addrs(s.Targets), ap) != add {
 		return fmt.Errorf("%s: %s target %s: pass the service as it is after the change: %w",
-			s.Prefix(), verb, ap, controller.ErrInvalid)
+			s.Prefix(), verb, ap, api.ErrInvalid)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -184,7 +184,7 @@ func wrapCommit(what string, err error) error {
 		return nil
 	}
 	if errors.Is(err, unix.EEXIST) || errors.Is(err, unix.EBUSY) {
-		return fmt.Errorf("%s: %w (is the address already used by another service?): %w", what, err, controller.ErrExists)
+		return fmt.Errorf("%s: %w (is the address already used by another service?): %w", what, err, api.ErrExists)
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }

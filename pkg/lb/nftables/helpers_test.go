@@ -10,8 +10,9 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/lbtest"
+	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
 )
 
 func newBackend(t testing.TB, ns *lbtest.NS) *Backend {
@@ -27,10 +28,10 @@ func newBackend(t testing.TB, ns *lbtest.NS) *Backend {
 	return b
 }
 
-func service(name, vip, sched string, targets ...string) controller.Service {
-	s := controller.Service{Name: name, Address: vip, Scheduler: sched}
+func service(name, vip, sched string, targets ...string) spec.Service {
+	s := spec.Service{Name: name, Address: vip, Scheduler: sched}
 	for _, a := range targets {
-		s.Targets = append(s.Targets, controller.Target{Address: a})
+		s.Targets = append(s.Targets, spec.Target{Address: a})
 	}
 	return s
 }
@@ -130,11 +131,11 @@ func nsFd(t testing.TB, ns *lbtest.NS) int {
 	return int(b.ns.Fd())
 }
 
-func stats(t testing.TB, b *Backend, svc controller.Service) *controller.ServiceStatus {
+func stats(t testing.TB, b *Backend, svc spec.Service) *spec.Stats {
 	t.Helper()
 	st, err := b.Stats(svc)
 	must(t, err)
 	return st
 }
 
-func isNotFound(err error) bool { return errors.Is(err, controller.ErrNotFound) }
+func isNotFound(err error) bool { return errors.Is(err, api.ErrNotFound) }

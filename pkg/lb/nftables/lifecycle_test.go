@@ -9,8 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/lbtest"
+	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
 )
 
 // A client on the same bridge as the target is masqueraded, else the
@@ -59,7 +60,7 @@ func TestLifecycle(t *testing.T) {
 	if err := b.Delete(other); err != nil {
 		t.Fatalf("Delete without a table: %v", err)
 	}
-	if _, err := b.Stats(other); !errors.Is(err, controller.ErrNotFound) {
+	if _, err := b.Stats(other); !errors.Is(err, api.ErrNotFound) {
 		t.Fatalf("Stats without a table: %v", err)
 	}
 	must(t, b.Ensure(other))
@@ -104,12 +105,12 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("late service: %+v", st)
 	}
 	// The service passed must be the one after the change.
-	if err := b.RemoveTarget(late, late.Targets[0]); !errors.Is(err, controller.ErrInvalid) {
+	if err := b.RemoveTarget(late, late.Targets[0]); !errors.Is(err, api.ErrInvalid) {
 		t.Errorf("RemoveTarget of a listed target: %v", err)
 	}
 	// Two services cannot share an address.
 	dup := service("dup", "10.201.100.30:80", "rr")
-	if err := b.Ensure(dup); !errors.Is(err, controller.ErrExists) {
+	if err := b.Ensure(dup); !errors.Is(err, api.ErrExists) {
 		t.Errorf("duplicate address: %v, want ErrExists", err)
 	}
 
@@ -122,7 +123,7 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("service left after Delete of a damaged service:\n%s", out)
 	}
 
-	for _, s := range []controller.Service{other, moved} {
+	for _, s := range []spec.Service{other, moved} {
 		must(t, b.Delete(s))
 	}
 	if exists, err := b.tableExists(); err != nil || exists {
@@ -139,9 +140,9 @@ func TestListingReloads(t *testing.T) {
 	for i, v := range []string{"10.201.100.10:80", "[fd00:201:100::10]:80"} {
 		svc := service(fmt.Sprintf("s%d", i), v, "sh")
 		if i == 0 {
-			svc.Targets = []controller.Target{{Address: "10.201.2.2:80", Weight: 2}, {Address: "10.201.3.2:8080"}}
+			svc.Targets = []spec.Target{{Address: "10.201.2.2:80", Weight: 2}, {Address: "10.201.3.2:8080"}}
 		} else {
-			svc.Targets = []controller.Target{{Address: "[fd00:201:2::2]:80"}}
+			svc.Targets = []spec.Target{{Address: "[fd00:201:2::2]:80"}}
 		}
 		lbtest.SetPersistence(&svc.Persistence, time.Hour)
 		must(t, b.Ensure(svc))

@@ -11,14 +11,14 @@ import (
 
 	"github.com/google/nftables"
 
-	"github.com/circuit-cni/circuit/controller"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/lbtest"
+	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
 )
 
 // populate programs n services of two targets each.
-func populate(t testing.TB, b *Backend, n int) []controller.Service {
+func populate(t testing.TB, b *Backend, n int) []spec.Service {
 	t.Helper()
-	svcs := make([]controller.Service, n)
+	svcs := make([]spec.Service, n)
 	for i := range n {
 		svcs[i] = service(fmt.Sprintf("s%d", i), fmt.Sprintf("10.201.%d.%d:80", 100+i/250, 1+i%250), "rr",
 			"10.201.2.2:80", "10.201.3.2:80")
@@ -28,9 +28,9 @@ func populate(t testing.TB, b *Backend, n int) []controller.Service {
 }
 
 // addThird returns svc with a third target, and that target.
-func addThird(svc controller.Service) (controller.Service, controller.Target) {
-	t := controller.Target{Address: "10.201.4.2:80"}
-	svc.Targets = append(append([]controller.Target(nil), svc.Targets...), t)
+func addThird(svc spec.Service) (spec.Service, spec.Target) {
+	t := spec.Target{Address: "10.201.4.2:80"}
+	svc.Targets = append(append([]spec.Target(nil), svc.Targets...), t)
 	return svc, t
 }
 

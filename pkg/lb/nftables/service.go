@@ -13,6 +13,7 @@ import (
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
 )
 
@@ -57,12 +58,12 @@ func parseComment(c string) (recorded, bool) {
 	if !ok || len(f) < 5 {
 		return recorded{}, false
 	}
-	vip, err := spec.ParseAddrPort(f[1])
+	vip, err := api.ParseAddrPort(f[1])
 	secs, err2 := strconv.ParseInt(f[4], 10, 64)
 	if err != nil || err2 != nil {
 		return recorded{}, false
 	}
-	return recorded{vip: vip, proto: spec.Protocols[f[2]], persistence: time.Duration(secs) * time.Second}, true
+	return recorded{vip: vip, proto: api.Protocols[f[2]], persistence: time.Duration(secs) * time.Second}, true
 }
 
 func commentOf(ud []byte) (string, bool) {
@@ -83,7 +84,7 @@ func targetElems(ts []netip.AddrPort) []nftables.SetElement {
 	return e
 }
 
-func addrs(ts []spec.Target) []netip.AddrPort {
+func addrs(ts []spec.ParsedTarget) []netip.AddrPort {
 	a := make([]netip.AddrPort, len(ts))
 	for i, t := range ts {
 		a[i] = t.Addr

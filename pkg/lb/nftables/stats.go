@@ -7,7 +7,7 @@ import (
 
 	"github.com/google/nftables"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
 )
 
@@ -19,8 +19,8 @@ import (
 //     directions (before DNAT and after un-DNAT).
 //   - per target: Connections, from the target chain's counter. Per-target
 //     packets and bytes are not tracked by this backend (always 0).
-func (b *Backend) Stats(svc controller.Service) (*controller.ServiceStatus, error) {
-	if err := spec.ValidName(svc.Name); err != nil {
+func (b *Backend) Stats(svc spec.Service) (*spec.Stats, error) {
+	if err := api.ValidServiceName(svc.Name); err != nil {
 		return nil, fmt.Errorf("lb: %w", err)
 	}
 	b.mu.Lock()
@@ -32,7 +32,7 @@ func (b *Backend) Stats(svc controller.Service) (*controller.ServiceStatus, erro
 	return st, nil
 }
 
-func (b *Backend) stats(svc controller.Service) (*controller.ServiceStatus, error) {
+func (b *Backend) stats(svc spec.Service) (*spec.Stats, error) {
 	exists, err := b.tableExists()
 	if err != nil {
 		return nil, err
@@ -44,13 +44,13 @@ func (b *Backend) stats(svc controller.Service) (*controller.ServiceStatus, erro
 		}
 	}
 	if cur == nil {
-		return nil, controller.Errorf(controller.ErrNotFound, "service is not programmed")
+		return nil, api.Errorf(api.ErrNotFound, "service is not programmed")
 	}
 	if s, err := spec.Parse(svc); err == nil {
 		cur.fallbackRecord(s)
 	}
-	st := &controller.ServiceStatus{Service: svc, Targets: map[string]controller.Counters{}}
-	if st.Stats.Connections, err = b.counter(counterDef(svc.Name)); err != nil {
+	st := &spec.Stats{Targets: map[string]spec.Counters{}}
+	if st.Service.Connections, err = b.counter(counterDef(svc.Name)); err != nil {
 		return nil, err
 	}
 	if cur.rec.vip.IsValid() {
@@ -60,7 +60,7 @@ func (b *Backend) stats(svc controller.Service) (*controller.ServiceStatus, erro
 		}
 		for _, e := range flows {
 			if bytes.Equal(e.Key, cur.key()) && e.Counter != nil {
-				st.Stats.Packets, st.Stats.Bytes = e.Counter.Packets, e.Counter.Bytes
+				st.Service.Packets, st.Service.Bytes = e.Counter.Packets, e.Counter.Bytes
 			}
 		}
 	}
@@ -74,7 +74,7 @@ func (b *Backend) stats(svc controller.Service) (*controller.ServiceStatus, erro
 		if !ok {
 			name = t.String()
 		}
-		st.Targets[name] = controller.Counters{Connections: n}
+		st.Targets[name] = spec.Counters{Connections: n}
 	}
 	return st, nil
 }
@@ -92,10 +92,10 @@ func (b *Backend) counter(o *nftables.CounterObj) (uint64, error) {
 }
 
 // targetNames maps parsed target addresses to the strings the caller used.
-func targetNames(svc controller.Service) map[netip.AddrPort]string {
+func targetNames(svc spec.Service) map[netip.AddrPort]string {
 	m := map[netip.AddrPort]string{}
 	for _, t := range svc.Targets {
-		if ap, err := spec.ParseAddrPort(t.Address); err == nil {
+		if ap, err := api.ParseAddrPort(t.Address); err == nil {
 			m[ap] = t.Address
 		}
 	}

@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/circuit-cni/circuit/controller"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/lbtest"
+	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
 )
 
 // TestTraffic drives real HTTP through the nftables backend in a
@@ -34,12 +34,12 @@ func TestTraffic(t *testing.T) {
 					t.Fatalf("rr over 20 requests: %v, want a:10 b:10", got)
 				}
 				st := stats(t, b, svc)
-				if st.Stats.Connections != 20 || st.Targets[a].Connections != 10 || st.Targets[bb].Connections != 10 {
+				if st.Service.Connections != 20 || st.Targets[a].Connections != 10 || st.Targets[bb].Connections != 10 {
 					t.Errorf("stats %+v", st)
 				}
 				// 20 HTTP exchanges are well over 20 packets each way.
-				if st.Stats.Packets < 80 || st.Stats.Bytes < st.Stats.Packets*40 {
-					t.Errorf("packet counters %+v", st.Stats)
+				if st.Service.Packets < 80 || st.Service.Bytes < st.Service.Packets*40 {
+					t.Errorf("packet counters %+v", st.Service)
 				}
 				if out, ok := nft(t, tp.LB, "list", "table", "inet", "circuit"); ok {
 					t.Logf("nft list table inet circuit:\n%s", out)
@@ -49,7 +49,7 @@ func TestTraffic(t *testing.T) {
 			t.Run("wrr", func(t *testing.T) {
 				svc := svc
 				svc.Scheduler = "wrr"
-				svc.Targets = []controller.Target{{Address: a, Weight: 3}, {Address: bb, Weight: 1}}
+				svc.Targets = []spec.Target{{Address: a, Weight: 3}, {Address: bb, Weight: 1}}
 				must(t, b.Ensure(svc))
 				got := lbtest.Tally(c, u, 40)
 				if got["a"] < 24 || got["a"] > 36 || got["a"]+got["b"] != 40 {
@@ -71,11 +71,11 @@ func TestTraffic(t *testing.T) {
 			t.Run("remove", func(t *testing.T) {
 				must(t, b.Ensure(svc))
 				after := service(svc.Name, svc.Address, "rr", a)
-				must(t, b.RemoveTarget(after, controller.Target{Address: bb}))
+				must(t, b.RemoveTarget(after, spec.Target{Address: bb}))
 				if got := lbtest.Tally(c, u, 10); got["a"] != 10 {
 					t.Fatalf("after removing b: %v, want all to a", got)
 				}
-				must(t, b.AddTarget(svc, controller.Target{Address: bb}))
+				must(t, b.AddTarget(svc, spec.Target{Address: bb}))
 				if got := lbtest.Tally(c, u, 10); got["a"] != 5 || got["b"] != 5 {
 					t.Fatalf("after adding b back: %v, want a:5 b:5", got)
 				}
@@ -97,7 +97,7 @@ func TestTraffic(t *testing.T) {
 				// Remove the target the client sticks to: it must move.
 				rest := service(svc.Name, svc.Address, "rr", other)
 				rest.Persistence = svc.Persistence
-				must(t, b.RemoveTarget(rest, controller.Target{Address: map[string]string{"a": a, "b": bb}[stuck]}))
+				must(t, b.RemoveTarget(rest, spec.Target{Address: map[string]string{"a": a, "b": bb}[stuck]}))
 				if got := lbtest.Tally(c, u, 5); got[stuck] != 0 || got["error"] != 0 {
 					t.Fatalf("after removing %s: %v", stuck, got)
 				}

@@ -9,7 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/lbtest"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
 )
@@ -96,7 +96,7 @@ func TestKeys(t *testing.T) {
 }
 
 func TestComment(t *testing.T) {
-	svc := controller.Service{Name: "web", Address: "[fd00::1]:443", Protocol: "udp"}
+	svc := spec.Service{Name: "web", Address: "[fd00::1]:443", Protocol: "udp"}
 	lbtest.SetPersistence(&svc.Persistence, 90*time.Second)
 	s, err := spec.Parse(svc)
 	if err != nil {
@@ -117,8 +117,8 @@ func TestComment(t *testing.T) {
 }
 
 func TestValidate(t *testing.T) {
-	base := controller.Service{Name: "web", Address: "10.0.0.1:80",
-		Targets: []controller.Target{{Address: "10.0.1.1:80", Weight: 3}, {Address: "10.0.1.2:80"}}}
+	base := spec.Service{Name: "web", Address: "10.0.0.1:80",
+		Targets: []spec.Target{{Address: "10.0.1.1:80", Weight: 3}, {Address: "10.0.1.2:80"}}}
 	for _, sched := range []string{"", "rr", "wrr", "sh"} {
 		s := base
 		s.Scheduler = sched
@@ -137,7 +137,7 @@ func TestValidate(t *testing.T) {
 		s := base
 		s.Scheduler = sched
 		err := (&Backend{}).Validate(s)
-		if !errors.Is(err, controller.ErrUnsupported) || !strings.Contains(err.Error(), "nftables backend cannot do") ||
+		if !errors.Is(err, api.ErrUnsupported) || !strings.Contains(err.Error(), "nftables backend cannot do") ||
 			!strings.Contains(err.Error(), "("+sched+")") || !strings.Contains(err.Error(), "ipvs backend") {
 			t.Errorf("scheduler %s: %v", sched, err)
 		}
@@ -150,14 +150,14 @@ func TestValidate(t *testing.T) {
 	}
 	for _, fwd := range []string{"dr", "tunnel"} {
 		s := base
-		s.Targets = []controller.Target{{Address: "10.0.1.1:80", Forward: fwd}}
-		if err := (&Backend{}).Validate(s); !errors.Is(err, controller.ErrUnsupported) || !strings.Contains(err.Error(), "only forwards by nat") {
+		s.Targets = []spec.Target{{Address: "10.0.1.1:80", Forward: fwd}}
+		if err := (&Backend{}).Validate(s); !errors.Is(err, api.ErrUnsupported) || !strings.Contains(err.Error(), "only forwards by nat") {
 			t.Errorf("forward %s: %v", fwd, err)
 		}
 	}
 	s = base
 	s.Scheduler = "bogus"
-	if err := (&Backend{}).Validate(s); !errors.Is(err, controller.ErrInvalid) {
+	if err := (&Backend{}).Validate(s); !errors.Is(err, api.ErrInvalid) {
 		t.Errorf("bogus scheduler: %v", err)
 	}
 }

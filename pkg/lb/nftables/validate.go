@@ -1,7 +1,7 @@
 package nftables
 
 import (
-	"github.com/circuit-cni/circuit/controller"
+	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
 )
 
@@ -11,14 +11,14 @@ import (
 var nftSchedulers = map[string]bool{"rr": true, "wrr": true, "sh": true}
 
 // validate parses svc and refuses what this backend cannot do.
-func validate(svc controller.Service) (*spec.Spec, error) {
+func validate(svc spec.Service) (*spec.Spec, error) {
 	s, err := spec.Parse(svc)
 	if err != nil {
 		return nil, err
 	}
 	if !nftSchedulers[s.Scheduler] {
-		return nil, controller.Errorf(controller.ErrUnsupported, "the nftables backend cannot do %s scheduling (%s); use rr, wrr or sh, or the ipvs backend",
-			spec.Schedulers[s.Scheduler], s.Scheduler)
+		return nil, api.Errorf(api.ErrUnsupported, "the nftables backend cannot do %s scheduling (%s); use rr, wrr or sh, or the ipvs backend",
+			api.Schedulers[s.Scheduler], s.Scheduler)
 	}
 	for _, t := range s.Targets {
 		if err := validateTarget(s, t); err != nil {
@@ -26,14 +26,14 @@ func validate(svc controller.Service) (*spec.Spec, error) {
 		}
 	}
 	if _, _, err := slots(weights(s)); err != nil {
-		return nil, controller.Errorf(controller.ErrInvalid, "%s: %v", s.Prefix(), err)
+		return nil, api.Errorf(api.ErrInvalid, "%s: %v", s.Prefix(), err)
 	}
 	return s, nil
 }
 
-func validateTarget(s *spec.Spec, t spec.Target) error {
-	if t.Forward != spec.ForwardNAT {
-		return controller.Errorf(controller.ErrUnsupported, "target %s: the nftables backend only forwards by nat (DNAT), not %s; use the ipvs backend",
+func validateTarget(s *spec.Spec, t spec.ParsedTarget) error {
+	if t.Forward != api.ForwardNAT {
+		return api.Errorf(api.ErrUnsupported, "target %s: the nftables backend only forwards by nat (DNAT), not %s; use the ipvs backend",
 			t.Addr, t.Forward)
 	}
 	return nil

@@ -90,5 +90,5 @@ func Tool(name string) (string, bool) {
 }
 
 // SetPersistence sets a service's persistence whether the field is a
-// time.Duration or a controller.Duration.
+// time.Duration or a api.Duration.
 func SetPersistence[T ~int64](field *T, d time.Duration) { *field = T(d) }

@@ -1,13 +1,9 @@
-// Package spec parses and checks a controller.Service once, so that every
-// backend works from the same validated, normalized description.
-package spec
+package api
 
 import (
 	"net/netip"
 	"strconv"
 	"strings"
-
-	"github.com/circuit-cni/circuit/controller"
 )
 
 // ParseAddrPort parses "10.0.0.1:80" or "[fd00::1]:80". It refuses hostnames,
@@ -15,7 +11,7 @@ import (
 // addresses, and a zone has no meaning to IPVS or nftables.
 func ParseAddrPort(s string) (netip.AddrPort, error) {
 	bad := func(why string) (netip.AddrPort, error) {
-		return netip.AddrPort{}, controller.Errorf(controller.ErrInvalid, "address %q: %s", s, why)
+		return netip.AddrPort{}, Errorf(ErrInvalid, "address %q: %s", s, why)
 	}
 	host, port, ok := splitHostPort(s)
 	if !ok {

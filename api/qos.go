@@ -1,6 +1,8 @@
-package qos
+package api
 
 import (
+	"fmt"
+	"math"
 	"math/big"
 	"regexp"
 	"strconv"
@@ -8,19 +10,19 @@ import (
 	"time"
 )
 
+// MinRate is one byte per second, the smallest rate HTB can shape: a rate
+// or ceiling below it is refused by qos set and by the shaper alike.
+const MinRate = 8
+
 // MaxDelay bounds delay and jitter: netem takes them as 32-bit kernel ticks,
 // which overflow a little past a minute.
 const MaxDelay = 60 * time.Second
 
 const maxDelayText = "60s"
 
-// quote keeps error messages one short line even for hostile input.
-func quote(s string) string {
-	const limit = 40
-	if len(s) > limit {
-		s = s[:limit] + "..."
-	}
-	return strconv.Quote(s)
+// invalid is a one-line, user-facing refusal of one value.
+func invalid(what, input, reason string) error {
+	return Errorf(ErrInvalid, "invalid %s %s: %s", what, quote(input), reason)
 }
 
 // rateUnits maps a unit to bits per second; the byte units follow tc.
@@ -215,3 +217,110 @@ func pad3(n uint64) string {
 }
 
 func uitoa(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// ValidRate checks a rate or ceiling in bits per second; 0 means unset.
+func ValidRate(what string, bps uint64) error {
+	if bps != 0 && bps < MinRate {
+		return invalidPolicy(fmt.Sprintf("%s %dbit is below %dbit, the smallest rate the kernel can shape", what, bps, MinRate))
+	}
+	return nil
+}
+
+// ValidDelay checks a delay or jitter.
+func ValidDelay(what string, d time.Duration) error {
+	if d < 0 || d > MaxDelay {
+		return invalidPolicy(fmt.Sprintf("%s must be between 0 and %s", what, maxDelayText))
+	}
+	return nil
+}
+
+// ValidLoss checks a loss percentage.
+func ValidLoss(p float64) error {
+	if math.IsNaN(p) || p < 0 || p > 100 {
+		return invalidPolicy("loss must be between 0% and 100%")
+	}
+	return nil
+}
+
+// ValidDirection checks a direction; "" is allowed (egress, or the one set).
+func ValidDirection(d Direction) error {
+	switch d {
+	case "", DirEgress, DirIngress, DirBoth:
+		return nil
+	}
+	return invalidPolicy(fmt.Sprintf("direction %s: use egress, ingress or both", quote(string(d))))
+}
+
+// ValidatePolicy checks a policy as a user asks for it (qos set), before it
+// is merged with the one in place: every value in range, at least one set,
+// a ceiling only with a rate and not below it, jitter only with a delay.
+func ValidatePolicy(p QoSPolicy) error {
+	if err := ValidDirection(p.Direction); err != nil {
+		return err
+	}
+	if p.IsZero() {
+		return invalidPolicy("give at least one of rate, ceiling, delay, jitter or loss")
+	}
+	for _, r := range []struct {
+		what string
+		v    uint64
+	}{{"rate", p.Rate}, {"ceiling", p.Ceiling}} {
+		if err := ValidRate(r.what, r.v); err != nil {
+			return err
+		}
+	}
+	if p.Ceiling > 0 && p.Rate == 0 {
+		return invalidPolicy("a ceiling needs a rate")
+	}
+	if p.Ceiling > 0 && p.Ceiling < p.Rate {
+		return invalidPolicy(fmt.Sprintf("ceiling %s is below rate %s", FormatRate(p.Ceiling), FormatRate(p.Rate)))
+	}
+	if err := ValidDelay("delay", p.Delay); err != nil {
+		return err
+	}
+	if err := ValidDelay("jitter", p.Jitter); err != nil {
+		return err
+	}
+	if p.Jitter > 0 && p.Delay == 0 {
+		return invalidPolicy("jitter needs a delay")
+	}
+	return ValidLoss(p.Loss)
+}
+
+// MergePolicy lays a qos set over the policy already in place at the same
+// level: the rate pair (rate, ceiling) and the emulation trio (delay,
+// jitter, loss) are each replaced as a whole when any of their members is
+// given, and a direction given replaces the old one. So --delay 50ms after
+// --rate 5000 keeps the rate, and --rate 10000 after --rate 5000 --ceiling
+// 6000 drops the old ceiling.
+func MergePolicy(old *QoSPolicy, upd QoSPolicy) QoSPolicy {
+	if old == nil {
+		return upd
+	}
+	out := *old
+	if upd.Rate > 0 || upd.Ceiling > 0 {
+		out.Rate, out.Ceiling = upd.Rate, upd.Ceiling
+	}
+	if upd.NeedsNetem() {
+		out.Delay, out.Jitter, out.Loss = upd.Delay, upd.Jitter, upd.Loss
+	}
+	if upd.Direction != "" {
+		out.Direction = upd.Direction
+	}
+	return out
+}
+
+// Effective is the policy that shapes a peer: its own, else its network's.
+func Effective(network *QoSPolicy, peer *QoSPolicy) (*QoSPolicy, PolicySource) {
+	switch {
+	case peer != nil:
+		return peer, SourceContainer
+	case network != nil:
+		return network, SourceNetwork
+	}
+	return nil, SourceNone
+}
+
+func invalidPolicy(reason string) error {
+	return Errorf(ErrInvalid, "invalid qos policy: %s", reason)
+}

@@ -1,4 +1,4 @@
-package controller
+package api
 
 import (
 	"encoding/json"
@@ -32,12 +32,12 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 }
 
 type qosJSON struct {
-	Rate      uint64   `json:"rate,omitempty"`
-	Ceiling   uint64   `json:"ceiling,omitempty"`
-	Delay     Duration `json:"delay,omitempty"`
-	Jitter    Duration `json:"jitter,omitempty"`
-	Loss      float64  `json:"loss,omitempty"`
-	Direction string   `json:"direction,omitempty"`
+	Rate      uint64    `json:"rate,omitempty"`
+	Ceiling   uint64    `json:"ceiling,omitempty"`
+	Delay     Duration  `json:"delay,omitempty"`
+	Jitter    Duration  `json:"jitter,omitempty"`
+	Loss      float64   `json:"loss,omitempty"`
+	Direction Direction `json:"direction,omitempty"`
 }
 
 func (p QoSPolicy) MarshalJSON() ([]byte, error) {

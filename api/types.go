@@ -1,4 +1,4 @@
-package controller
+package api
 
 import (
 	"encoding/json"
@@ -19,13 +19,18 @@ type Network struct {
 	Peers     []Peer          `json:"peers"`
 }
 
-// Peer states: a connect records intent before the CNI ADD, so a crash in
-// between leaves a record that gc can finish.
+// PeerState is where a peer is in its life. A connect records intent
+// before the CNI ADD, so a crash in between leaves a record that gc can
+// finish.
+type PeerState string
+
 const (
-	PeerConnecting    = "connecting"
-	PeerConnected     = "connected"
-	PeerDisconnecting = "disconnecting"
+	PeerConnecting    PeerState = "connecting"
+	PeerConnected     PeerState = "connected"
+	PeerDisconnecting PeerState = "disconnecting"
 )
+
+func (s PeerState) String() string { return string(s) }
 
 // Peer is one attachment of a container to a network, keyed by
 // (Network, ContainerID, IfName).
@@ -38,7 +43,7 @@ type Peer struct {
 	MAC         string     `json:"mac,omitempty"`
 	HostIf      string     `json:"hostInterface,omitempty"`
 	Netns       string     `json:"netns"` // pinned netns path under the state dir
-	State       string     `json:"state"`
+	State       PeerState  `json:"state"`
 	ConnectedAt time.Time  `json:"connectedAt"`
 	QoS         *QoSPolicy `json:"qos,omitempty"` // per-container override
 	// Owner is the circuit process connecting or disconnecting the peer,
@@ -67,12 +72,29 @@ type DisconnectRequest struct {
 	IfName    string // "" matches the container's only interface on the network
 }
 
-// QoS directions.
+// Direction is the traffic a policy shapes: egress is what the container
+// sends, ingress what it receives. "" means egress, or the direction
+// already set when a policy is merged.
+type Direction string
+
 const (
-	DirEgress  = "egress"
-	DirIngress = "ingress"
-	DirBoth    = "both"
+	DirEgress  Direction = "egress"
+	DirIngress Direction = "ingress"
+	DirBoth    Direction = "both"
 )
+
+func (d Direction) String() string { return string(d) }
+
+// PolicySource says where a peer's effective policy comes from.
+type PolicySource string
+
+const (
+	SourceNetwork   PolicySource = "network"
+	SourceContainer PolicySource = "container"
+	SourceNone      PolicySource = "none"
+)
+
+func (s PolicySource) String() string { return string(s) }
 
 // QoSPolicy shapes a container interface. Zero values mean "not set".
 // Rates are in bits per second; in JSON, durations are strings ("50ms").
@@ -82,7 +104,7 @@ type QoSPolicy struct {
 	Delay     time.Duration `json:"delay,omitempty"`
 	Jitter    time.Duration `json:"jitter,omitempty"`
 	Loss      float64       `json:"loss,omitempty"` // percent, 0-100
-	Direction string        `json:"direction,omitempty"`
+	Direction Direction     `json:"direction,omitempty"`
 }
 
 // NeedsNetem reports whether the policy uses netem (delay, jitter, loss).
@@ -105,7 +127,7 @@ type PeerQoS struct {
 	ContainerID string       `json:"containerID"`
 	PID         int          `json:"pid"`
 	IfName      string       `json:"ifname"`
-	Source      string       `json:"source"` // "network", "container" or "none"
+	Source      PolicySource `json:"source"`
 	Policy      *QoSPolicy   `json:"policy,omitempty"`
 	Egress      *QoSCounters `json:"egress,omitempty"`
 	Ingress     *QoSCounters `json:"ingress,omitempty"`

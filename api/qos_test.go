@@ -1,4 +1,4 @@
-package qos
+package api
 
 import (
 	"errors"
@@ -6,8 +6,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/circuit-cni/circuit/controller"
 )
 
 func TestParseRate(t *testing.T) {
@@ -66,7 +64,7 @@ func TestParseRate(t *testing.T) {
 			t.Errorf("ParseRate(%q) = %d, want error", in, got)
 			continue
 		}
-		if !errors.Is(err, controller.ErrInvalid) {
+		if !errors.Is(err, ErrInvalid) {
 			t.Errorf("ParseRate(%q) error %v does not wrap ErrInvalid", in, err)
 		}
 		if !strings.Contains(err.Error(), want) || !strings.HasPrefix(err.Error(), "invalid rate ") {
@@ -120,7 +118,7 @@ func TestParseDuration(t *testing.T) {
 			t.Errorf("ParseDuration(%q) = %v, want error", in, got)
 			continue
 		}
-		if !errors.Is(err, controller.ErrInvalid) || !strings.Contains(err.Error(), want) {
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), want) {
 			t.Errorf("ParseDuration(%q) error %q, want ErrInvalid containing %q", in, err, want)
 		}
 	}
@@ -137,7 +135,7 @@ func TestParsePercent(t *testing.T) {
 		}
 	}
 	for _, in := range []string{"", "%", "-1%", "100.1", "101%", "NaN", "Inf", "1e1", "20%%", "x"} {
-		if got, err := ParsePercent(in); err == nil || !errors.Is(err, controller.ErrInvalid) {
+		if got, err := ParsePercent(in); err == nil || !errors.Is(err, ErrInvalid) {
 			t.Errorf("ParsePercent(%q) = %v, %v; want ErrInvalid", in, got, err)
 		}
 	}
@@ -173,7 +171,7 @@ func FuzzParseRate(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		v, err := ParseRate(s)
 		if err != nil {
-			if !errors.Is(err, controller.ErrInvalid) {
+			if !errors.Is(err, ErrInvalid) {
 				t.Fatalf("ParseRate(%q): error %v does not wrap ErrInvalid", s, err)
 			}
 			return
@@ -194,7 +192,7 @@ func FuzzParseDuration(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		d, err := ParseDuration(s)
 		if err != nil {
-			if !errors.Is(err, controller.ErrInvalid) {
+			if !errors.Is(err, ErrInvalid) {
 				t.Fatalf("ParseDuration(%q): error %v does not wrap ErrInvalid", s, err)
 			}
 			return
@@ -212,7 +210,7 @@ func FuzzParsePercent(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		p, err := ParsePercent(s)
 		if err != nil {
-			if !errors.Is(err, controller.ErrInvalid) {
+			if !errors.Is(err, ErrInvalid) {
 				t.Fatalf("ParsePercent(%q): error %v does not wrap ErrInvalid", s, err)
 			}
 			return
@@ -221,4 +219,65 @@ func FuzzParsePercent(f *testing.F) {
 			t.Fatalf("ParsePercent(%q) = %v, outside [0,100]", s, p)
 		}
 	})
+}
+
+func TestMergePolicy(t *testing.T) {
+	rate := &QoSPolicy{Rate: 5e6, Ceiling: 6e6}
+	cases := []struct {
+		name string
+		old  *QoSPolicy
+		upd  QoSPolicy
+		want QoSPolicy
+	}{
+		{"first set", nil, QoSPolicy{Rate: 5e6}, QoSPolicy{Rate: 5e6}},
+		{"delay keeps the rate", rate, QoSPolicy{Delay: 50 * time.Millisecond},
+			QoSPolicy{Rate: 5e6, Ceiling: 6e6, Delay: 50 * time.Millisecond}},
+		{"new rate drops the old ceiling", rate, QoSPolicy{Rate: 10e6}, QoSPolicy{Rate: 10e6}},
+		{"loss replaces delay", &QoSPolicy{Rate: 1e6, Delay: time.Second, Jitter: time.Millisecond},
+			QoSPolicy{Loss: 20}, QoSPolicy{Rate: 1e6, Loss: 20}},
+		{"direction alone", rate, QoSPolicy{Rate: 5e6, Ceiling: 6e6, Direction: "ingress"},
+			QoSPolicy{Rate: 5e6, Ceiling: 6e6, Direction: "ingress"}},
+		{"direction kept", &QoSPolicy{Rate: 1e6, Direction: "both"}, QoSPolicy{Rate: 2e6},
+			QoSPolicy{Rate: 2e6, Direction: "both"}},
+	}
+	for _, tc := range cases {
+		if got := MergePolicy(tc.old, tc.upd); got != tc.want {
+			t.Errorf("%s: got %+v, want %+v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestEffectivePolicy(t *testing.T) {
+	netPol := &QoSPolicy{Rate: 5e6}
+	own := &QoSPolicy{Rate: 1e6}
+	if p, src := Effective(netPol, nil); p != netPol || src != SourceNetwork {
+		t.Errorf("peer without override: %v %s", p, src)
+	}
+	if p, src := Effective(netPol, own); p != own || src != SourceContainer {
+		t.Errorf("peer with override: %v %s", p, src)
+	}
+	if p, src := Effective(nil, nil); p != nil || src != SourceNone {
+		t.Errorf("no policy: %v %s", p, src)
+	}
+}
+
+func TestValidatePolicy(t *testing.T) {
+	for _, p := range []QoSPolicy{
+		{},
+		{Ceiling: 1e6},
+		{Rate: 2e6, Ceiling: 1e6},
+		{Rate: 1e6, Direction: "sideways"},
+		{Jitter: time.Millisecond},
+		{Loss: 101},
+		{Rate: 7},
+		{Rate: 5e6, Ceiling: 7},
+		{Delay: 61 * time.Second},
+	} {
+		if err := ValidatePolicy(p); err == nil {
+			t.Errorf("ValidatePolicy(%+v) accepted it", p)
+		}
+	}
+	if err := ValidatePolicy(QoSPolicy{Rate: 1e6, Delay: time.Millisecond, Direction: "both"}); err != nil {
+		t.Error(err)
+	}
 }

@@ -1,4 +1,4 @@
-package ident
+package api
 
 import (
 	"regexp"
@@ -7,7 +7,7 @@ import (
 )
 
 // The rules Valid replaced, as regular expressions: both must agree.
-func TestValidMatchesTheRegexpsItReplaced(t *testing.T) {
+func TestIdentifierMatchesTheRegexpsItReplaced(t *testing.T) {
 	rules := []struct {
 		re         string
 		max        int
@@ -26,20 +26,20 @@ func TestValidMatchesTheRegexpsItReplaced(t *testing.T) {
 	for _, r := range rules {
 		re := regexp.MustCompile(r.re)
 		for _, in := range inputs {
-			if got, want := Valid(in, r.max, r.alnumFirst, r.extra), re.MatchString(in); got != want {
-				t.Errorf("Valid(%q) under %s = %v, the regexp says %v", in, r.re, got, want)
+			if got, want := identifier(in, r.max, r.alnumFirst, r.extra), re.MatchString(in); got != want {
+				t.Errorf("identifier(%q) under %s = %v, the regexp says %v", in, r.re, got, want)
 			}
 		}
 	}
 }
 
-func FuzzValid(f *testing.F) {
+func FuzzIdentifier(f *testing.F) {
 	re := regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 	f.Add("web-00")
 	f.Add("-x")
 	f.Fuzz(func(t *testing.T, s string) {
-		if Valid(s, 63, true, "_.-") != re.MatchString(s) {
-			t.Fatalf("Valid(%q) disagrees with %s", s, re)
+		if identifier(s, 63, true, "_.-") != re.MatchString(s) {
+			t.Fatalf("identifier(%q) disagrees with %s", s, re)
 		}
 	})
 }

@@ -1,0 +1,119 @@
+// Package archtest holds the tests that keep circuit's layering: package
+// api is a leaf, the kernel libraries under pkg/ know nothing of circuit's
+// app, the datastores know only api.
+package archtest
+
+import (
+	"go/parser"
+	"go/token"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/circuit-cni/circuit"
+
+// allowed lists, per directory prefix, which of circuit's packages its
+// product code may import (besides its own subtree).
+var allowed = []struct {
+	dir   string
+	may   []string
+	tests []string // test files may also import these
+}{
+	{"api", nil, nil},
+	{"pkg", []string{"api"}, []string{"internal/ruletable"}},
+	{"ds/dstest", []string{"api", "ds", "internal/ruletable"}, nil},
+	{"ds", []string{"api"}, []string{"internal/ruletable"}},
+	{"controller/contract", []string{"api", "controller", "internal/ruletable"}, nil},
+	{"controller/fake", []string{"api", "controller", "pkg/cni", "pkg/lb", "pkg/qos"}, nil},
+	{"controller/local", []string{"api", "controller", "ds", "pkg"}, []string{"internal/ruletable"}},
+	{"controller", []string{"api"}, nil},
+}
+
+func root() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+func TestLayering(t *testing.T) {
+	base := root()
+	checked := 0
+	err := filepath.WalkDir(base, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(base, path)
+		if d.IsDir() {
+			if strings.HasPrefix(d.Name(), ".") || d.Name() == "testdata" || rel == "hack" || rel == "bin" {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, ".go") {
+			return nil
+		}
+		dir := filepath.ToSlash(filepath.Dir(rel))
+		rule := -1
+		for i, a := range allowed {
+			if dir == a.dir || strings.HasPrefix(dir, a.dir+"/") {
+				rule = i
+				break
+			}
+		}
+		if rule < 0 {
+			return nil
+		}
+		a := allowed[rule]
+		f, err := parser.ParseFile(token.NewFileSet(), path, nil, parser.ImportsOnly)
+		if err != nil {
+			return err
+		}
+		checked++
+		test := strings.HasSuffix(path, "_test.go")
+		for _, imp := range f.Imports {
+			p, _ := strconv.Unquote(imp.Path.Value)
+			if p != module && !strings.HasPrefix(p, module+"/") {
+				continue
+			}
+			own := strings.TrimPrefix(strings.TrimPrefix(p, module), "/")
+			if own == a.dir || strings.HasPrefix(own, a.dir+"/") || ok(own, a.may) || (test && ok(own, a.tests)) {
+				continue
+			}
+			t.Errorf("%s imports %s: %s/ may import only %v of circuit's", rel, own, a.dir, a.may)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if checked < 50 {
+		t.Fatalf("checked only %d files: is the walk rooted at the module (%s)?", checked, base)
+	}
+}
+
+func ok(pkg string, list []string) bool {
+	for _, l := range list {
+		if pkg == l || strings.HasPrefix(pkg, l+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// The product module lists only what the binary and its tests need: the
+// benchmark's plotting libraries live in hack/bench's own module.
+func TestNoBenchmarkDependencies(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(root(), "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dep := range []string{"gonum.org/", "go-fonts", "go-latex", "go-pdf"} {
+		if strings.Contains(string(b), dep) {
+			t.Errorf("go.mod requires %s: benchmark-only dependencies belong in hack/bench/go.mod", dep)
+		}
+	}
+}
