@@ -44,10 +44,12 @@ func main() {
 // newController is the one place that picks the Controller implementation.
 func newController(ctx context.Context, g cmd.Globals) (controller.Controller, error) {
 	return newLocalController(local.Config{
-		StateDir: g.StateDir,
-		CNIPath:  g.CNIPath,
-		RuncRoot: g.RuncRoot,
-		Log:      g.Log,
+		StateDir:    g.StateDir,
+		CNIPath:     g.CNIPath,
+		RuncRoot:    g.RuncRoot,
+		Log:         g.Log,
+		LockTimeout: g.LockTimeout,
+		UndoTimeout: g.UndoTimeout,
 	})
 }
 

@@ -16,7 +16,17 @@ type Network struct {
 	Config    json.RawMessage `json:"config"`
 	CreatedAt time.Time       `json:"createdAt"`
 	QoS       *QoSPolicy      `json:"qos,omitempty"`
-	Peers     []Peer          `json:"peers"`
+	// Cluster is set on a network shared by a cluster's nodes.
+	Cluster *Cluster `json:"cluster,omitempty"`
+	Peers   []Peer   `json:"peers"`
+	// GC is the circuit process running the plugins' GC on the network,
+	// while it does: connects wait for it, so GC never tears down an
+	// attachment made after it listed the valid ones. Not in the CLI's JSON.
+	GC *Process `json:"-"`
+	// OwnedBridge is the bridge the plugins made at circuit's first
+	// connect (it was not there before), which network delete removes
+	// when nothing uses it any more. Not in the CLI's JSON.
+	OwnedBridge string `json:"-"`
 }
 
 // PeerState is where a peer is in its life. A connect records intent
@@ -28,6 +38,10 @@ const (
 	PeerConnecting    PeerState = "connecting"
 	PeerConnected     PeerState = "connected"
 	PeerDisconnecting PeerState = "disconnecting"
+	// PeerUndoFailed is a connect that failed and whose undo (CNI DEL)
+	// failed too: the plugins may have left an interface and an address
+	// behind, which gc releases once a DEL succeeds.
+	PeerUndoFailed PeerState = "undo-failed"
 )
 
 func (s PeerState) String() string { return string(s) }
@@ -46,9 +60,20 @@ type Peer struct {
 	State       PeerState  `json:"state"`
 	ConnectedAt time.Time  `json:"connectedAt"`
 	QoS         *QoSPolicy `json:"qos,omitempty"` // per-container override
+	// Node is the cluster node the peer is on (cluster networks only).
+	Node string `json:"node,omitempty"`
 	// Owner is the circuit process connecting or disconnecting the peer,
 	// so gc can tell work in progress from work a killed process left.
 	Owner *Process `json:"owner,omitempty"`
+	// PIDStart and BootID pin PID to one process of one boot, so a
+	// record whose container is gone is told from a live one when its ID
+	// is used again. Not part of the CLI's JSON.
+	PIDStart uint64 `json:"-"`
+	BootID   string `json:"-"`
+	// Config is the network configuration the peer was added with, when
+	// the network's has been replaced since (network create --force): its
+	// DEL runs with it. Not in the CLI's JSON.
+	Config json.RawMessage `json:"-"`
 }
 
 // Process identifies a process across PID reuse.
@@ -144,6 +169,12 @@ type Service struct {
 	Backend     string        `json:"backend"` // "ipvs" or "nftables" once created; "auto" on request
 	Targets     []Target      `json:"targets"`
 	CreatedAt   time.Time     `json:"createdAt"`
+	// Cluster is set on a service every node of a cluster balances.
+	Cluster bool `json:"cluster,omitempty"`
+	// BootID is the boot during which circuit last programmed the service
+	// into the kernel: IPVS services have no owner, so one circuit did not
+	// program since this boot is not circuit's. Not part of the CLI's JSON.
+	BootID string `json:"-"`
 }
 
 // Target is one real server behind a service.

@@ -43,6 +43,10 @@ type Globals struct {
 	RuncRoot string
 	Debug    bool
 	Log      *logrus.Logger // writes to the app's stderr
+	// LockTimeout and UndoTimeout, when set (hook mode), bound the wait
+	// for another circuit process and the undo of half-done work.
+	LockTimeout time.Duration
+	UndoTimeout time.Duration
 }
 
 // Factory opens the Controller a command uses; the app closes it when the

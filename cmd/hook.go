@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/urfave/cli/v3"
@@ -19,6 +22,22 @@ import (
 // hookPATH is the PATH written into hook entries: runc runs hooks with
 // exactly the env of the entry, and CNI plugins may need the usual tools.
 const hookPATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// Hook time bounds. runc kills a hook that outlives its entry's OCI
+// "timeout"; circuit gives up a little before, so it can undo what it did
+// and say why in one line, instead of being killed half-way.
+const (
+	DefaultHookTimeout = 30 // seconds, written into the entries
+	minHookTimeout     = 3
+	hookTimeoutEnv     = "CIRCUIT_HOOK_TIMEOUT"
+)
+
+// hookBudget splits a hook timeout into the time circuit works and the
+// margin it keeps for undoing: a third of it, one to three seconds.
+func hookBudget(timeout time.Duration) (work, undo time.Duration) {
+	undo = min(max(timeout/3, time.Second), 3*time.Second)
+	return timeout - undo, undo
+}
 
 // networkAnnotation lets one container choose its networks (comma
 // separated); it wins over CNI_CONF and CIRCUIT_NETWORK, which are the same
@@ -53,6 +72,23 @@ func (a *app) hookMode(ctx context.Context, cmd *cli.Command) error {
 		return err
 	}
 	a.g.Log.WithFields(map[string]any{"id": req.ID, "status": req.Status, "pid": req.PID, "networks": req.Networks, "cni-conf": req.CNIConf}).Debug("hook")
+	// Every wait inside (the datastore's lock, the plugins) ends before
+	// runc's timeout, which the entry's env tells (entries written by
+	// hand, without it, get the default).
+	timeout := time.Duration(DefaultHookTimeout) * time.Second
+	if v, ok := a.lookupEnv(hookTimeoutEnv); ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < minHookTimeout {
+			err = fmt.Errorf("hook: %s=%q: want a number of seconds, at least %d", hookTimeoutEnv, v, minHookTimeout)
+			a.hookLog(req.ID, req.Status, err.Error())
+			return err
+		}
+		timeout = time.Duration(n) * time.Second
+	}
+	work, undo := hookBudget(timeout)
+	ctx, cancel := context.WithTimeout(ctx, work)
+	defer cancel()
+	a.g.LockTimeout, a.g.UndoTimeout = work/3, undo
 	err = a.withController(ctx, func(c controller.Controller) error {
 		res, err := c.Hook(ctx, req)
 		if res != nil {
@@ -62,8 +98,13 @@ func (a *app) hookMode(ctx context.Context, cmd *cli.Command) error {
 		}
 		return err
 	})
-	if err != nil {
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		err = fmt.Errorf("hook: container %s (%s): gave up after %s, before runc's hook timeout of %s, and undid what it had done: %w",
+			req.ID, req.Status, work, timeout, err)
+	} else if err != nil {
 		err = fmt.Errorf("hook: container %s (%s): %w", req.ID, req.Status, err)
+	}
+	if err != nil {
 		a.hookLog(req.ID, req.Status, err.Error())
 	}
 	return err
@@ -107,29 +148,55 @@ func splitNames(s string) []string {
 }
 
 // hookLog appends one line to <state>/hook.log. Failing to log must not fail
-// the hook, so problems only reach the debug log.
+// the hook, so problems only reach the debug log. It writes only into a
+// state dir this user owns (narrowed to 0700, as the datastore does), never
+// through a symlink, and keeps the log 0600.
 func (a *app) hookLog(id, status, msg string) {
 	// Only root may make the state dir: one made by another user would be
 	// theirs to tamper with.
 	if os.Geteuid() != 0 {
 		return
 	}
-	if err := os.MkdirAll(a.g.StateDir, 0o700); err != nil {
+	if err := a.openHookLog(func(f *os.File) error {
+		// One write per line: O_APPEND keeps concurrent hooks' lines whole.
+		msg := strings.Join(strings.Fields(msg), " ")
+		_, err := fmt.Fprintf(f, "%s %s %s %s\n", a.now().Format("2006-01-02T15:04:05Z07:00"), id, status, msg)
+		return err
+	}); err != nil {
 		a.g.Log.Debugf("hook log: %v", err)
-		return
 	}
-	f, err := os.OpenFile(filepath.Join(a.g.StateDir, "hook.log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+}
+
+func (a *app) openHookLog(write func(*os.File) error) error {
+	dir := a.g.StateDir
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	fi, err := os.Stat(dir)
 	if err != nil {
-		a.g.Log.Debugf("hook log: %v", err)
-		return
+		return err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("state dir %s is not this user's: not logging there", dir)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(dir, fi.Mode().Perm()&0o700); err != nil {
+			return err
+		}
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "hook.log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0o600)
+	if err != nil {
+		return err // a symlink gives ELOOP
 	}
 	defer f.Close()
-	// One write per line: O_APPEND keeps concurrent hooks' lines whole.
-	msg = strings.Join(strings.Fields(msg), " ")
-	line := fmt.Sprintf("%s %s %s %s\n", a.now().Format("2006-01-02T15:04:05Z07:00"), id, status, msg)
-	if _, err := f.WriteString(line); err != nil {
-		a.g.Log.Debugf("hook log: %v", err)
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", f.Name())
+	} else if fi.Mode().Perm() != 0o600 {
+		if err := f.Chmod(0o600); err != nil {
+			return err
+		}
 	}
+	return write(f)
 }
 
 func hookCommand(a *app) *cli.Command {
@@ -149,6 +216,7 @@ func hookFlags() []cli.Flag {
 		&cli.StringFlag{Name: "cni-conf", Usage: "connect to the network defined in `FILE` (a conf or conflist)"},
 		&cli.StringFlag{Name: "ifname", Usage: "interface `NAME` inside the container"},
 		&cli.BoolFlag{Name: "create-runtime", Usage: "use a createRuntime hook instead of the deprecated prestart"},
+		&cli.IntFlag{Name: "timeout", Value: DefaultHookTimeout, Usage: "`SECONDS` runc gives each hook before killing it; circuit gives up, undoing its work, a little before"},
 	}
 }
 
@@ -185,8 +253,12 @@ func (a *app) hookSet(cmd *cli.Command) (ocistate.HookSet, error) {
 	if a.g.StateDir != DefaultStateDir {
 		env = append(env, "CIRCUIT_STATE="+a.g.StateDir)
 	}
-	env = append(env, "PATH="+hookPATH)
-	h := specs.Hook{Path: self, Env: env}
+	timeout := cmd.Int("timeout")
+	if timeout < minHookTimeout {
+		return ocistate.HookSet{}, usageErrorf(cmd, "--timeout %d: want at least %d seconds", timeout, minHookTimeout)
+	}
+	env = append(env, fmt.Sprintf("%s=%d", hookTimeoutEnv, timeout), "PATH="+hookPATH)
+	h := specs.Hook{Path: self, Env: env, Timeout: &timeout}
 	return ocistate.HookSet{Setup: h, Teardown: h, CreateRuntime: cmd.Bool("create-runtime")}, nil
 }
 

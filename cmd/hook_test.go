@@ -160,8 +160,10 @@ func TestHookConfig(t *testing.T) {
                 "env": [
                     "CNI_CONF=` + conf + `",
                     "CNI_PATH=/path/to/cni/plugins:/other",
+                    "CIRCUIT_HOOK_TIMEOUT=30",
                     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-                ]
+                ],
+                "timeout": 30
             }
         ],
         "poststop": [
@@ -170,8 +172,10 @@ func TestHookConfig(t *testing.T) {
                 "env": [
                     "CNI_CONF=` + conf + `",
                     "CNI_PATH=/path/to/cni/plugins:/other",
+                    "CIRCUIT_HOOK_TIMEOUT=30",
                     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-                ]
+                ],
+                "timeout": 30
             }
         ]
     }
@@ -184,10 +188,11 @@ func TestHookConfig(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &got); err != nil {
 		t.Fatal(err)
 	}
-	env := []string{"CIRCUIT_NETWORK=sandbox,shell,lan", "CIRCUIT_IFNAME=eth1", "CIRCUIT_STATE=/srv/circuit", "PATH=" + hookPATH}
+	env := []string{"CIRCUIT_NETWORK=sandbox,shell,lan", "CIRCUIT_IFNAME=eth1", "CIRCUIT_STATE=/srv/circuit", "CIRCUIT_HOOK_TIMEOUT=30", "PATH=" + hookPATH}
+	thirty := 30
 	wantHooks := specs.Hooks{
-		CreateRuntime: []specs.Hook{{Path: h.self, Env: env}},
-		Poststop:      []specs.Hook{{Path: h.self, Env: env}},
+		CreateRuntime: []specs.Hook{{Path: h.self, Env: env, Timeout: &thirty}},
+		Poststop:      []specs.Hook{{Path: h.self, Env: env, Timeout: &thirty}},
 	}
 	if !reflect.DeepEqual(got.Hooks, wantHooks) {
 		t.Errorf("hooks:\n%+v\nwant:\n%+v", got.Hooks, wantHooks)
@@ -196,6 +201,7 @@ func TestHookConfig(t *testing.T) {
 	for _, args := range [][]string{
 		{"hook", "config", "--network", "a", "--cni-conf", conf},
 		{"hook", "config", "--network", " , "},
+		{"hook", "config", "--network", "a", "--timeout", "2"},
 	} {
 		if r := h.run(args...); ExitCode(r.err) != 2 {
 			t.Errorf("%q: %v", args, r.err)
@@ -244,10 +250,11 @@ func TestHookInstall(t *testing.T) {
 		if err := json.Unmarshal(c["hooks"], &hooks); err != nil {
 			t.Fatal(err)
 		}
-		env := []string{"CIRCUIT_NETWORK=sandbox", "CIRCUIT_STATE=" + h.env["CIRCUIT_STATE"], "PATH=" + hookPATH}
+		env := []string{"CIRCUIT_NETWORK=sandbox", "CIRCUIT_STATE=" + h.env["CIRCUIT_STATE"], "CIRCUIT_HOOK_TIMEOUT=30", "PATH=" + hookPATH}
+		thirty := 30
 		want := specs.Hooks{
-			Prestart: []specs.Hook{{Path: "/usr/bin/other"}, {Path: h.self, Env: env}},
-			Poststop: []specs.Hook{{Path: h.self, Env: env}},
+			Prestart: []specs.Hook{{Path: "/usr/bin/other"}, {Path: h.self, Env: env, Timeout: &thirty}},
+			Poststop: []specs.Hook{{Path: h.self, Env: env, Timeout: &thirty}},
 		}
 		if !reflect.DeepEqual(hooks, want) {
 			t.Errorf("hooks:\n%+v\nwant:\n%+v", hooks, want)
@@ -257,5 +264,47 @@ func TestHookInstall(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "nope")
 	if r := h.run("hook", "install", "--network", "sandbox", missing); !strings.Contains(r.line(), "no such file or directory") || ExitCode(r.err) != 1 {
 		t.Errorf("missing bundle: %q", r.line())
+	}
+}
+
+// hook.log is written only into a state dir this user owns, never through
+// a symlink, and always 0600.
+func TestHookLogNoSymlinkNoForeignDir(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("hook.log is written by root only")
+	}
+	t.Parallel()
+	stateFor := func(h *harness) string { return h.env["CIRCUIT_STATE"] }
+	bad := `{"ociVersion": "1.2.0", "id": "web-00", "status": "creating", "pid": 1}` // no network: fails, and logs
+
+	// A symlink where hook.log goes is not followed.
+	h := newHarness(t)
+	target := filepath.Join(t.TempDir(), "elsewhere")
+	os.WriteFile(target, []byte("not circuit's\n"), 0o644)
+	if err := os.Symlink(target, filepath.Join(stateFor(h), "hook.log")); err != nil {
+		t.Fatal(err)
+	}
+	h.stdin = bad
+	h.run()
+	if b, _ := os.ReadFile(target); string(b) != "not circuit's\n" {
+		t.Errorf("hook.log was written through a symlink into %s:\n%s", target, b)
+	}
+
+	// A state dir another user owns gets nothing.
+	h = newHarness(t)
+	os.Chown(stateFor(h), 65534, 65534)
+	h.stdin = bad
+	h.run()
+	if _, err := os.Lstat(filepath.Join(stateFor(h), "hook.log")); err == nil {
+		t.Error("hook.log was written into a state dir another user owns")
+	}
+
+	// An existing hook.log too open is narrowed to 0600.
+	h = newHarness(t)
+	os.WriteFile(filepath.Join(stateFor(h), "hook.log"), nil, 0o644)
+	h.stdin = bad
+	h.run()
+	if fi, err := os.Stat(filepath.Join(stateFor(h), "hook.log")); err != nil || fi.Mode().Perm() != 0o600 || fi.Size() == 0 {
+		t.Errorf("hook.log: %v %v", fi, err)
 	}
 }

@@ -7,7 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/circuit-cni/circuit/pkg/testutil"
 )
@@ -110,6 +112,7 @@ func TestHookMissingConfFailsStart(t *testing.T) {
 }
 
 func TestHookTwentyAtOnce(t *testing.T) {
+	skipStressInVM(t)
 	c := newCLI(t)
 	b := c.hookBundle("prestart", c.conf("storm", "10.220.13.0/24"))
 	const n = 20
@@ -165,4 +168,86 @@ func TestHookInstall(t *testing.T) {
 	}
 	ctr.Stop(t)
 	c.assertReleased("installed", ctr.ID)
+}
+
+// A container ID used again after its container died without a poststop
+// (a reboot before restore, runc's state lost) starts: the leftover record,
+// whose process is gone, is replaced and its leftovers released, instead
+// of refusing the new container as "already connected".
+func TestHookReusedIDAfterLostPoststop(t *testing.T) {
+	c := newCLI(t)
+	b := c.hookBundle("createRuntime", c.conf("reuse", "10.220.15.0/24"))
+	id := testutil.RandName("re-")
+	first := b.MustStart(t, id)
+	ip1 := containerIP(t, first)
+	// The container dies and nothing runs its poststop.
+	syscall.Kill(first.PID, syscall.SIGKILL)
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", first.PID)); err != nil {
+			break
+		}
+	}
+	if err := os.RemoveAll(filepath.Join(b.Root, id)); err != nil {
+		t.Fatal(err)
+	}
+	second, err := b.Start(t, id)
+	if err != nil {
+		t.Fatalf("a new container with the ID of a dead one did not start: %v", err)
+	}
+	ip2 := containerIP(t, second)
+	if r := c.reservations("reuse"); len(r) != 1 || r[0] != ip2 {
+		t.Errorf("reservations %v, want only the new container's %s (the dead one had %s)", r, ip2, ip1)
+	}
+	if p := c.pins(); len(p) != 1 {
+		t.Errorf("pins %v, want the new container's only", p)
+	}
+	if peers := c.must("network", "inspect", "reuse", "--format", "{{range .Peers}}{{.PID}} {{end}}"); strings.TrimSpace(peers) != fmt.Sprint(second.PID) {
+		t.Errorf("peers (by pid): %q, want only %d", peers, second.PID)
+	}
+	if err := ping(second, "10.220.15.1"); err != nil {
+		t.Error(err)
+	}
+	second.Stop(t)
+	c.assertReleased("reuse", id)
+}
+
+// A hung plugin cannot block runc: hook install --timeout writes the OCI
+// timeout into the entries, and the hook gives up a little before it,
+// undoes what it did (the bridge plugin's ADD) and says so in one line.
+func TestHookTimeoutUndoesAndSaysSo(t *testing.T) {
+	if testutil.InVM() {
+		t.Skip("needs no kernel the host lacks")
+	}
+	c := newCLI(t)
+	plugins := c.cniDir + ":" + testutil.TestPlugin(t)
+	conf := filepath.Join(t.TempDir(), "hung.conflist")
+	os.WriteFile(conf, fmt.Appendf(nil, `{"cniVersion": "1.0.0", "name": "hung", "plugins": [
+	  {"type": "bridge", "bridge": %q, "isGateway": true, "ipam": {"type": "host-local", "subnet": "10.220.16.0/24", "dataDir": %q}},
+	  {"type": "circuit-test-plugin", "addMillis": 60000}]}`, c.bridge, c.ipam), 0o644)
+	b := testutil.NewBundle(t)
+	if out, _, err := c.run("", "--cni-path", plugins, "hook", "install", "--timeout", "3", "--create-runtime", "--cni-conf", conf, b.Dir); err != nil {
+		t.Fatalf("hook install --timeout 3: %v %s", err, out)
+	}
+	spec, _ := os.ReadFile(filepath.Join(b.Dir, "config.json"))
+	if !strings.Contains(string(spec), `"timeout": 3`) {
+		t.Errorf("config.json has no OCI timeout of 3:\n%s", spec)
+	}
+	id := testutil.RandName("hung-")
+	if _, err := b.Start(t, id); err == nil {
+		t.Fatal("the container started with a plugin that hangs")
+	}
+	log, _ := os.ReadFile(filepath.Join(c.state, "hook.log"))
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(string(log)), "\n") {
+		if strings.Contains(l, id+" creating") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != 1 || !strings.Contains(lines[0], "gave up after 2s, before runc's hook timeout of 3s") {
+		t.Errorf("hook.log, want one line saying the hook gave up:\n%s", log)
+	}
+	c.assertReleased("hung", id)
+	if peers := c.must("network", "inspect", "hung", "--format", "{{len .Peers}}"); strings.TrimSpace(peers) != "0" {
+		t.Errorf("peers left: %s", peers)
+	}
 }

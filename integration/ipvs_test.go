@@ -115,3 +115,64 @@ func TestLBRuncHTTPDIPVS(t *testing.T) {
 		t.Errorf("circuit-lb0 left after the last service:\n%s", out)
 	}
 }
+
+// An IPVS service circuit did not make, on the very address circuit is
+// asked to use, is never adopted, rewritten or deleted: lb create refuses
+// naming it; and a service of circuit's that someone changed behind its
+// back is no longer circuit's to delete. Needs IPVS: the VM tier.
+func TestLBIPVSForeignSameAddress(t *testing.T) {
+	if !kernelHasIPVS() {
+		t.Skip("kernel has no IPVS (the VM tier runs this)")
+	}
+	c := newCLI(t)
+	if ipvsadm(t, "-Ln") == "" {
+		t.Skip("needs ipvsadm to make a foreign service")
+	}
+	const vip, mine = "10.220.62.1:80", "10.220.62.2:80"
+	ipvsadm(t, "-A", "-t", vip, "-s", "wlc")
+	ipvsadm(t, "-a", "-t", vip, "-r", "10.220.59.9:8080", "-m", "-w", "7")
+	t.Cleanup(func() { exec.Command("ipvsadm", "-D", "-t", vip).Run() })
+	show := func(addr string) string {
+		var keep []string
+		for _, l := range strings.Split(ipvsadm(t, "-Ln", "-t", addr), "\n") {
+			if f := strings.Fields(l); len(f) >= 2 && (f[0] == "TCP" || f[0] == "->") && strings.Contains(l, "10.220.") {
+				keep = append(keep, strings.Join(f[:min(4, len(f))], " "))
+			}
+		}
+		return strings.Join(keep, "\n")
+	}
+	before := show(vip)
+
+	_, stderr, err := c.run("", "lb", "create", "taken", vip, "--backend", "ipvs")
+	secOneLine(t, "lb create on a foreign IPVS service's address", err, stderr, vip, "not circuit's")
+	if after := show(vip); after != before {
+		t.Errorf("the foreign service changed:\nbefore %s\nafter  %s", before, after)
+	}
+	if out := c.must("lb", "list", "-q"); out != "" {
+		t.Errorf("a record was left: %q", out)
+	}
+
+	// restore repairs a target of circuit's own service whose weight or
+	// forwarding someone changed.
+	c.lbService("mine", "--backend", "ipvs", mine)
+	c.lbMust("service mine updated\n", "lb", "add", "mine", "--weight", "2", "10.220.59.11:80")
+	ipvsadm(t, "-e", "-t", mine, "-r", "10.220.59.11:80", "-m", "-w", "9")
+	if out := c.must("restore"); !strings.Contains(out, "repaired the targets of service mine") {
+		t.Errorf("restore after a weight changed behind circuit's back printed:\n%s", out)
+	}
+	if l := show(mine); !strings.Contains(l, "10.220.59.11:80 Masq 2") {
+		t.Errorf("the weight restore put back: %q, want 2", l)
+	}
+	// circuit's own service, changed behind its back, is left to its new owner.
+	ipvsadm(t, "-E", "-t", mine, "-s", "wlc")
+	t.Cleanup(func() { exec.Command("ipvsadm", "-D", "-t", mine).Run() })
+	_, stderr, err = c.run("", "lb", "add", "mine", "10.220.59.10:80")
+	secOneLine(t, "lb add to a service someone else changed", err, stderr, "not circuit's")
+	c.run("", "lb", "delete", "mine")
+	if !strings.Contains(ipvsadm(t, "-Ln"), mine) {
+		t.Errorf("lb delete deleted an IPVS service that is no longer circuit's")
+	}
+	if after := show(vip); after != before {
+		t.Errorf("the foreign service changed:\nbefore %s\nafter  %s", before, after)
+	}
+}

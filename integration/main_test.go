@@ -56,6 +56,17 @@ func (c *cli) run(stdin string, args ...string) (string, string, error) {
 	return out.String(), errb.String(), err
 }
 
+// stdin runs circuit with input on stdin and fails the test unless it
+// succeeds.
+func (c *cli) stdin(in string, args ...string) string {
+	c.t.Helper()
+	out, stderr, err := c.run(in, args...)
+	if err != nil {
+		c.t.Fatalf("circuit %s: %v\nstderr: %s", strings.Join(args, " "), err, stderr)
+	}
+	return out
+}
+
 // must runs circuit and fails the test unless it succeeds.
 func (c *cli) must(args ...string) string {
 	c.t.Helper()
@@ -149,4 +160,14 @@ func ping(ctr *testutil.Container, addr string) error {
 		return fmt.Errorf("ping %s from %s: %v\n%s", addr, ctr.ID, err, out)
 	}
 	return nil
+}
+
+// skipStressInVM skips a concurrency stress test in the VM tier: it needs
+// nothing of the VM's kernel, and emulated CPUs make it slow (minutes) and
+// its lock waits a matter of luck.
+func skipStressInVM(t *testing.T) {
+	t.Helper()
+	if testutil.InVM() {
+		t.Skip("a concurrency stress test that needs no kernel the host lacks: the host tier runs it")
+	}
 }

@@ -388,3 +388,21 @@ func qmust(t *testing.T, c *cli, args ...string) string {
 	}
 	return out
 }
+
+// A rate below what HTB can shape (one byte per second) is refused by qos
+// set with the shaper's own rule, even on a network with no container to
+// shape yet: stored, it would break every later connect and start hook.
+func TestQoSRateBelowKernelMinimumRefused(t *testing.T) {
+	c := newCLI(t)
+	c.must("network", "create", c.conf("tiny", "10.220.71.0/24"))
+	for _, rate := range []string{"7bit", "0.001"} {
+		_, stderr, err := c.run("", "network", "qos", "set", "--rate", rate, "tiny")
+		secOneLine(t, "qos set --rate "+rate, err, stderr, "rate")
+	}
+	if q := c.must("network", "inspect", "tiny", "--format", "{{.QoS}}"); strings.TrimSpace(q) != "<nil>" {
+		t.Errorf("a policy was stored: %s", q)
+	}
+	s := testutil.NewSleeper(t)
+	c.must("network", "connect", strconv.Itoa(s.PID), "tiny")
+	c.must("network", "disconnect", strconv.Itoa(s.PID), "tiny")
+}

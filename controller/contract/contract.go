@@ -67,6 +67,7 @@ func Run(t *testing.T, newEnv func(t *testing.T) Env) {
 		{"Targets", testTargets},
 		{"HookStartAndStop", testHook},
 		{"HookRunningConnects", testHookRunning},
+		{"HookReusedID", testHookReusedID},
 		{"HookErrors", testHookErrors},
 		{"GCAndRestore", testGCAndRestore},
 		{"Rules", testRules},
@@ -493,6 +494,22 @@ func testHookRunning(t *testing.T, e Env) {
 	if peers := inspect(t, e, "net").Peers; len(peers) != 1 || peers[0].ContainerID != "late-00" {
 		t.Errorf("a hook for a running container did not connect it: %+v", peers)
 	}
+}
+
+// testHookReusedID starts a container under the ID of one that died
+// without its poststop: the leftover record is replaced, not an error.
+func testHookReusedID(t *testing.T, e Env) {
+	create(t, e, "net")
+	old := e.Start()
+	must(hook(e, old, "re-00", "creating", "net"))
+	old.Stop()
+	ctr := e.Start()
+	must(hook(e, ctr, "re-00", "creating", "net"))
+	peers := inspect(t, e, "net").Peers
+	if len(peers) != 1 || peers[0].PID != ctr.PID || peers[0].State != api.PeerConnected {
+		t.Errorf("after a start hook reusing a dead container's ID: %+v, want one peer with pid %d", peers, ctr.PID)
+	}
+	must(hook(e, ctr, "re-00", "stopped"))
 }
 
 func testHookErrors(t *testing.T, e Env) {

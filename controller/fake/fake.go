@@ -850,6 +850,14 @@ func (f *Fake) hookStart(req api.HookRequest) (*api.HookResult, error) {
 	res := &api.HookResult{}
 	var done []string
 	for _, name := range networks {
+		if n, ok := f.networks[name]; ok {
+			// A record a dead container of the same ID left is replaced.
+			for _, i := range slices.Backward(f.findPeers(n, req.ID, "")) {
+				if p := n.net.Peers[i]; p.ContainerID == req.ID && !f.alive(p.PID) {
+					f.remove(n, i)
+				}
+			}
+		}
 		if n, ok := f.networks[name]; ok && slices.ContainsFunc(n.net.Peers, func(p api.Peer) bool {
 			return p.ContainerID == req.ID && p.PID == req.PID && p.State == api.PeerConnected
 		}) {
@@ -926,12 +934,15 @@ func (f *Fake) networkFromFile(path string) (string, error) {
 // judges it: interrupted work whose owner is gone, or a dead container.
 func (f *Fake) stale(p api.Peer) string {
 	switch p.State {
-	case api.PeerConnecting, api.PeerDisconnecting:
+	case api.PeerConnecting, api.PeerDisconnecting, api.PeerUndoFailed:
 		if p.Owner != nil && f.alive(p.Owner.PID) && f.proc(p.Owner.PID).start == p.Owner.Start {
 			return ""
 		}
-		if p.State == api.PeerConnecting {
+		switch p.State {
+		case api.PeerConnecting:
 			return "an interrupted connect"
+		case api.PeerUndoFailed:
+			return "an undo that failed"
 		}
 		return "an interrupted disconnect"
 	case api.PeerConnected:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -39,28 +40,50 @@ func (c *Controller) connect(ctx context.Context, req api.ConnectRequest) (*api.
 		return nil, err
 	}
 	nsPath := netns.ProcPath(ctr.PID)
-	ifname := req.IfName
-	if ifname == "" {
-		if ifname, err = c.k.ns.FreeIfName(nsPath); err != nil {
+	if err := c.ownNamespace(req.Container, ctr.PID); err != nil {
+		return nil, err
+	}
+	if req.IfName != "" {
+		if err := api.ValidIfName(req.IfName); err != nil {
 			return nil, err
 		}
-	} else if err := api.ValidIfName(ifname); err != nil {
+	}
+	// The names the container has now; those other connects of it have
+	// reserved are in the records, checked with the intent below.
+	links, err := c.k.ns.Links(nsPath)
+	if err != nil {
 		return nil, err
+	}
+	if req.IfName != "" && slices.Contains(links, req.IfName) {
+		return nil, api.Errorf(api.ErrExists, "container %s already has an interface %s", req.Container, req.IfName)
 	}
 
 	self := c.k.procs.Self()
+	start, err := c.k.procs.StartTime(ctr.PID)
+	if err != nil {
+		return nil, api.Errorf(api.ErrNotFound, "no process with pid %d", ctr.PID)
+	}
 	p := &api.Peer{
 		Network:     n.Name,
 		ContainerID: ctr.ID,
 		PID:         ctr.PID,
-		IfName:      ifname,
-		Netns:       c.pinPath(n.Name, ctr.ID, ifname),
+		PIDStart:    start,
+		BootID:      c.k.procs.BootID(),
 		State:       api.PeerConnecting,
 		ConnectedAt: time.Now().UTC(),
 		Owner:       &self,
 	}
-	// Record intent first: a crash from here on leaves a record gc finishes.
-	err = c.store.Update(ctx, func(tx ds.Tx) error {
+	// Record intent first: a crash from here on leaves a record gc
+	// finishes. The interface name is chosen (or checked) in the same
+	// transaction, so two connects of one container never pick one name.
+	err = c.waitGC(ctx, func(tx ds.Tx) error {
+		cur, err := tx.GetNetwork(n.Name)
+		if err != nil {
+			return err
+		}
+		if cur.GC != nil && c.ownerRuns(cur.GC) {
+			return errGCRunning
+		}
 		peers, err := tx.ContainerPeers(n.Name, p.ContainerID)
 		if err != nil {
 			return err
@@ -68,6 +91,18 @@ func (c *Controller) connect(ctx context.Context, req api.ConnectRequest) (*api.
 		if len(peers) > 0 {
 			return api.Errorf(api.ErrExists, "container %s is already connected to network %s (as %s)", req.Container, n.Name, peers[0].IfName)
 		}
+		used, err := reservedNames(tx, p.ContainerID)
+		if err != nil {
+			return err
+		}
+		p.IfName = req.IfName
+		switch {
+		case p.IfName == "":
+			p.IfName = netns.FreeIfName(append(used, links...))
+		case slices.Contains(used, p.IfName):
+			return api.Errorf(api.ErrExists, "container %s already has an interface %s (on another network)", req.Container, p.IfName)
+		}
+		p.Netns = c.pinPath(n.Name, p.ContainerID, p.IfName)
 		return tx.PutPeer(p)
 	})
 	if err != nil {
@@ -79,21 +114,32 @@ func (c *Controller) connect(ctx context.Context, req api.ConnectRequest) (*api.
 		if done {
 			return
 		}
-		// Undo in reverse; a fresh context, so a cancelled caller still cleans up.
-		bg := context.WithoutCancel(ctx)
+		// Undo in reverse, past the caller's cancellation but bounded.
+		bg, cancel := c.undoContext(ctx)
+		defer cancel()
 		if added {
 			if err := c.release(bg, cfg, runtimeConf(p, p.Netns)); err != nil {
-				c.log.WithError(err).Debugf("rollback: CNI DEL of %s on %s", p.ContainerID, n.Name)
+				// What the plugins made may still be there: keep the pin
+				// and a record saying so, for gc to DEL again.
+				c.log.WithError(err).Warnf("rollback: CNI DEL of %s on %s failed; gc will retry it", p.ContainerID, n.Name)
+				if err := c.markUndoFailed(bg, p); err != nil {
+					c.log.WithError(err).Warn("rollback: record the failed undo")
+				}
+				return
 			}
 		}
 		if err := c.k.ns.Unpin(p.Netns); err != nil {
 			c.log.WithError(err).Warn("rollback: unpin")
 		}
-		if err := c.store.Update(bg, func(tx ds.Tx) error { return tx.DeletePeer(p.Network, p.ContainerID, p.IfName) }); err != nil {
+		if err := c.forget(bg, p); err != nil {
 			c.log.WithError(err).Warn("rollback: forget peer")
 		}
 	}()
 
+	// Whether the network's bridge is there before its first ADD: if not,
+	// the plugin makes it, and network delete may remove it.
+	bridge := bridgeOf(n)
+	bridgeWas := bridge == "" || n.OwnedBridge != "" || c.hostHas(bridge)
 	if err := c.k.ns.Pin(nsPath, p.Netns); err != nil {
 		return nil, err
 	}
@@ -117,14 +163,127 @@ func (c *Controller) connect(ctx context.Context, req api.ConnectRequest) (*api.
 	if err := c.applyPeerQoS(n, p); err != nil {
 		return nil, err
 	}
-	p.State, p.Owner = api.PeerConnected, nil
-	err = c.store.Update(ctx, func(tx ds.Tx) error { return tx.PutPeer(p) })
+	applied, _ := effective(n, p)
+	// Record the outcome on the record as it is now, changing only what
+	// connect owns: a qos set may have given the peer an override, or the
+	// network a new policy, while the plugins ran.
+	var now *api.Peer
+	var net *api.Network
+	err = c.store.Update(ctx, func(tx ds.Tx) error {
+		cur, err := tx.GetPeer(p.Network, p.ContainerID, p.IfName)
+		if err != nil {
+			return err
+		}
+		if cur.State != api.PeerConnecting || !sameOwner(cur.Owner, p.Owner) || !cur.ConnectedAt.Equal(p.ConnectedAt) {
+			return api.Errorf(api.ErrBusy, "another circuit process took over container %s on network %s", p.ContainerID, p.Network)
+		}
+		if net, err = tx.GetNetwork(p.Network); err != nil {
+			return err
+		}
+		if !bridgeWas && net.OwnedBridge == "" && c.hostHas(bridge) {
+			net.OwnedBridge = bridge
+			if err := tx.PutNetwork(net); err != nil {
+				return err
+			}
+		}
+		cur.IPs, cur.MAC, cur.HostIf = p.IPs, p.MAC, p.HostIf
+		cur.State, cur.Owner = api.PeerConnected, nil
+		now = cur
+		return tx.PutPeer(cur)
+	})
 	if err != nil {
 		return nil, err
+	}
+	p = now
+	if want, _ := effective(net, p); !samePolicy(want, applied) {
+		if err := c.shape(p, want); err != nil {
+			c.log.WithError(err).Warnf("qos of %s on %s changed during its connect and could not be applied (restore retries)", p.ContainerID, p.Network)
+		}
 	}
 	done = true
 	c.log.Debugf("connected %s (pid %d) to %s as %s: %v", p.ContainerID, p.PID, n.Name, p.IfName, p.IPs)
 	return p, nil
+}
+
+// ownNamespace refuses a process in circuit's own network namespace or
+// PID 1's (the host's): the plugins would change the host's links,
+// addresses and routes. Namespaces are compared by identity, not by PID.
+func (c *Controller) ownNamespace(container string, pid int) error {
+	id, err := c.k.ns.ID(netns.ProcPath(pid))
+	if err != nil {
+		return fmt.Errorf("network namespace of pid %d: %w", pid, err)
+	}
+	for _, host := range []struct{ who, path string }{{"circuit's own", "/proc/self/ns/net"}, {"the host's (pid 1)", netns.ProcPath(1)}} {
+		if hid, err := c.k.ns.ID(host.path); err == nil && hid == id {
+			return api.Errorf(api.ErrInvalid, "container %s is in %s network namespace: circuit connects only containers with a network namespace of their own", container, host.who)
+		}
+	}
+	return nil
+}
+
+// markUndoFailed records that a connect's undo failed, on its own record.
+func (c *Controller) markUndoFailed(ctx context.Context, p *api.Peer) error {
+	return c.store.Update(ctx, func(tx ds.Tx) error {
+		cur, err := tx.GetPeer(p.Network, p.ContainerID, p.IfName)
+		if err != nil {
+			return err
+		}
+		if !sameOwner(cur.Owner, p.Owner) || !cur.ConnectedAt.Equal(p.ConnectedAt) {
+			return nil // not ours any more
+		}
+		cur.State = api.PeerUndoFailed
+		return tx.PutPeer(cur)
+	})
+}
+
+// waitGC runs fn in an Update, again while it says the plugins' GC of the
+// network runs (milliseconds, normally), up to the datastore's own bound.
+func (c *Controller) waitGC(ctx context.Context, fn func(ds.Tx) error) error {
+	bound := c.cfg.LockTimeout
+	if bound <= 0 {
+		bound = 10 * time.Second
+	}
+	deadline := time.Now().Add(bound)
+	for {
+		err := c.store.Update(ctx, fn)
+		if !errors.Is(err, errGCRunning) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return api.Errorf(api.ErrBusy, "%v for more than %s; try again", err, bound)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// hostHas reports whether circuit's own namespace has an interface name.
+func (c *Controller) hostHas(name string) bool {
+	links, err := c.k.ns.Links("/proc/self/ns/net")
+	return err == nil && slices.Contains(links, name)
+}
+
+// reservedNames are the interface names a container's records hold, on
+// every network.
+func reservedNames(tx ds.Tx, containerID string) ([]string, error) {
+	nets, err := tx.ListNetworks()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, n := range nets {
+		peers, err := tx.ContainerPeers(n.Name, containerID)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range peers {
+			names = append(names, p.IfName)
+		}
+	}
+	return names, nil
 }
 
 // runtimeConf is what the plugins are told about a peer: its container's
@@ -234,7 +393,7 @@ func (c *Controller) findPeers(ctx context.Context, network, container, ifname s
 // namespace lives), the pin, then the record. It claims the record first,
 // so two processes never tear down the same peer.
 func (c *Controller) detach(ctx context.Context, n *api.Network, p *api.Peer) error {
-	cfg, err := loadConfig(n)
+	cfg, err := peerConfig(n, p)
 	if err != nil {
 		return err
 	}

@@ -9,25 +9,32 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/ds"
 	"github.com/circuit-cni/circuit/pkg/cni"
 )
 
-// GC removes what belongs to containers that are gone: their peers (CNI
-// DEL, releasing addresses), pins, libcni cache entries and host-local
-// reservations circuit's records no longer explain. Live peers are never
-// touched. Its steps, in order:
+// GC removes what belongs to containers that are gone, and only what
+// circuit can prove is its own: its peers (CNI DEL, releasing addresses),
+// its pins, attachments in its own libcni cache, and host-local
+// reservations in a data directory only circuit uses (under its state
+// dir). Live peers, and every address another runtime holds in a shared
+// data directory, are never touched. Its steps, in order:
 //
-//  1. leftovers: read what plugins hold (libcni's cache, host-local's
-//     reservations) before the records, so an address seen without a
-//     record afterwards is truly orphaned (a connect records its intent
-//     before its ADD reserves);
+//  1. leftovers: read what plugins hold (circuit's libcni cache,
+//     host-local's reservations) before the records, so an address seen
+//     without a record afterwards is truly orphaned (a connect records its
+//     intent before its ADD reserves);
 //  2. reapStale: disconnect stale peers (dead containers, interrupted work);
-//  3. deleteUnrecorded: DEL cached attachments no record explains;
-//  4. releaseUnrecorded: remove reservations no record explains;
-//  5. pluginGC: CNI 1.1 GC of each network;
+//  3. deleteUnrecorded: DEL attachments circuit's cache holds that no
+//     record explains (a connect killed between its ADD and its record);
+//  4. releaseUnrecorded: remove reservations no record explains, in a data
+//     directory only circuit uses;
+//  5. pluginGC: CNI 1.1 GC of a network whose state only circuit holds
+//     (with a shared data directory, GC would release the other runtimes'
+//     addresses, since circuit can list only its own as valid);
 //  6. removeOrphanPins: pins no record points to.
 func (c *Controller) GC(ctx context.Context, dryRun bool) (*api.Report, error) {
 	g := &gcRun{c: c, dryRun: dryRun, rep: &api.Report{Actions: []string{}}}
@@ -50,6 +57,9 @@ func (c *Controller) GC(ctx context.Context, dryRun bool) (*api.Report, error) {
 		}
 		known := g.reapStale(ctx, n, procs, kept)
 		g.deleteUnrecorded(ctx, n, cfg, left.cached[n.Name], known)
+		if !c.private(n) {
+			continue
+		}
 		g.releaseUnrecorded(ctx, n, left.reserved[n.Name], known)
 		if n.CNIVersion == "1.1.0" && !dryRun {
 			if err := c.pluginGC(ctx, n.Name, cfg); err != nil {
@@ -128,8 +138,10 @@ func (g *gcRun) reapStale(ctx context.Context, n *api.Network, procs *plugins, k
 	return known
 }
 
-// deleteUnrecorded DELs attachments libcni cached that no record explains
-// (a connect killed between its ADD and its record).
+// deleteUnrecorded DELs attachments circuit's libcni cache holds that no
+// record explains (a connect killed between its ADD and its record). Each
+// is first claimed with a record of its own, so the plugins run without
+// the datastore's lock while no connect of the same attachment can start.
 func (g *gcRun) deleteUnrecorded(ctx context.Context, n *api.Network, cfg *cni.Config, cached []cni.RuntimeConf, known map[string]bool) {
 	for _, rc := range cached {
 		key := rc.ContainerID + "/" + rc.IfName
@@ -137,24 +149,71 @@ func (g *gcRun) deleteUnrecorded(ctx context.Context, n *api.Network, cfg *cni.C
 			continue
 		}
 		known[key] = true // its reservation goes with it
+		line := fmt.Sprintf("delete unrecorded CNI attachment %s/%s on %s", rc.ContainerID, rc.IfName, n.Name)
 		if g.dryRun {
-			g.say("delete unrecorded CNI attachment %s/%s on %s", rc.ContainerID, rc.IfName, n.Name)
+			g.say("%s", line)
 			continue
 		}
-		err := g.c.unrecorded(ctx, n.Name, rc.ContainerID, rc.IfName, func() error {
-			g.say("delete unrecorded CNI attachment %s/%s on %s", rc.ContainerID, rc.IfName, n.Name)
-			if !g.c.k.ns.IsNetns(rc.Netns) {
-				rc.Netns = ""
-			}
-			if err := g.c.release(ctx, cfg, rc); err != nil {
-				return fmt.Errorf("gc: DEL %s on %s: %w", rc.ContainerID, n.Name, err)
-			}
-			return nil
-		})
+		claim, err := g.c.claimUnrecorded(ctx, n.Name, rc)
 		if err != nil {
+			g.errs = append(g.errs, fmt.Errorf("gc: %s: %w", line, err))
+			continue
+		}
+		if claim == nil {
+			continue // a record explains it now
+		}
+		g.say("%s", line)
+		if !g.c.k.ns.IsNetns(rc.Netns) {
+			rc.Netns = ""
+		}
+		if err := g.c.release(ctx, cfg, rc); err != nil {
+			g.errs = append(g.errs, fmt.Errorf("gc: DEL %s on %s: %w", rc.ContainerID, n.Name, err))
+		}
+		if err := g.c.forget(context.WithoutCancel(ctx), claim); err != nil {
 			g.errs = append(g.errs, err)
 		}
 	}
+}
+
+// claimUnrecorded records that this process is removing an attachment no
+// record explains, unless one does now; it returns the claim, or nil. A
+// gc killed before forgetting it leaves an interrupted disconnect that the
+// next gc finishes.
+func (c *Controller) claimUnrecorded(ctx context.Context, network string, rc cni.RuntimeConf) (*api.Peer, error) {
+	self := c.k.procs.Self()
+	claim := &api.Peer{Network: network, ContainerID: rc.ContainerID, IfName: rc.IfName, State: api.PeerDisconnecting,
+		Owner: &self, ConnectedAt: time.Now().UTC(), Netns: c.pinPath(network, rc.ContainerID, rc.IfName)}
+	err := c.store.Update(ctx, func(tx ds.Tx) error {
+		peers, err := tx.ListPeers(network)
+		if err != nil {
+			return err
+		}
+		for _, p := range peers {
+			if api.CNIContainerID(p.ContainerID) == rc.ContainerID && p.IfName == rc.IfName {
+				claim = nil
+				return nil
+			}
+		}
+		return tx.PutPeer(claim)
+	})
+	return claim, err
+}
+
+// forget deletes a record this process holds, if it still does.
+func (c *Controller) forget(ctx context.Context, p *api.Peer) error {
+	return c.store.Update(ctx, func(tx ds.Tx) error {
+		cur, err := tx.GetPeer(p.Network, p.ContainerID, p.IfName)
+		if errors.Is(err, api.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if !sameOwner(cur.Owner, p.Owner) || !cur.ConnectedAt.Equal(p.ConnectedAt) {
+			return nil // not ours any more
+		}
+		return tx.DeletePeer(p.Network, p.ContainerID, p.IfName)
+	})
 }
 
 // releaseUnrecorded removes host-local reservations no record explains.
@@ -226,25 +285,49 @@ func (c *Controller) unrecorded(ctx context.Context, network, cniID, ifname stri
 	return joinErrors(err, rerr)
 }
 
+// errGCRunning makes a connect wait: the plugins' GC of its network runs.
+var errGCRunning = errors.New("the plugins' GC of the network is running")
+
 // pluginGC asks libcni and the plugins (CNI 1.1 GC) to drop every
-// attachment of a network but those recorded, in any state. It holds the
-// datastore's write lock throughout, so no connect can record a peer the
-// list misses and then have it torn down.
+// attachment of a network but those recorded, in any state. It marks the
+// network while the plugins run, without holding the datastore's lock:
+// connects wait for the mark to go (see Connect), so none can record an
+// attachment the valid list misses and then have it torn down.
 func (c *Controller) pluginGC(ctx context.Context, network string, cfg *cni.Config) error {
-	var gcErr error
+	self := c.k.procs.Self()
+	var valid []cni.RuntimeConf
 	err := c.store.Update(ctx, func(tx ds.Tx) error {
+		n, err := tx.GetNetwork(network)
+		if err != nil {
+			return err
+		}
+		if n.GC != nil && c.ownerRuns(n.GC) {
+			return api.Errorf(api.ErrBusy, "another circuit process (pid %d) runs the plugins' GC of %s", n.GC.PID, network)
+		}
 		peers, err := tx.ListPeers(network)
 		if err != nil {
 			return err
 		}
-		valid := make([]cni.RuntimeConf, 0, len(peers))
+		valid = valid[:0]
 		for _, p := range peers {
 			valid = append(valid, runtimeConf(&p, ""))
 		}
-		gcErr = c.k.cni.GC(ctx, cfg, valid)
-		return nil
+		n.GC = &self
+		return tx.PutNetwork(n)
 	})
-	return joinErrors(err, gcErr)
+	if err != nil {
+		return err
+	}
+	gcErr := c.k.cni.GC(ctx, cfg, valid)
+	err = c.store.Update(context.WithoutCancel(ctx), func(tx ds.Tx) error {
+		n, err := tx.GetNetwork(network)
+		if err != nil || !sameOwner(n.GC, &self) {
+			return err
+		}
+		n.GC = nil
+		return tx.PutNetwork(n)
+	})
+	return joinErrors(gcErr, err)
 }
 
 func knownID(known map[string]bool, id string) bool {
@@ -326,6 +409,13 @@ func hostLocalReservations(n *api.Network) []reservation {
 		out = append(out, r)
 	}
 	return out
+}
+
+// private reports whether a network's plugin state (host-local's data
+// directory) is circuit's alone: under its state dir.
+func (c *Controller) private(n *api.Network) bool {
+	dir := hostLocalDir(n)
+	return dir != "" && strings.HasPrefix(dir, c.cfg.StateDir+string(filepath.Separator))
 }
 
 // hostLocalDir finds where host-local keeps a network's reservations, or ""

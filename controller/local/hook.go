@@ -38,7 +38,12 @@ func (c *Controller) hookStart(ctx context.Context, req api.HookRequest) (*api.H
 	res := &api.HookResult{}
 	var done []string
 	for _, name := range networks {
-		if c.alreadyConnected(ctx, name, req.ID, req.PID) {
+		connected, err := c.hookPeers(ctx, name, req)
+		if err != nil {
+			c.hookRollback(ctx, req, done)
+			return res, fmt.Errorf("hook %s: %w", req.ID, err)
+		}
+		if connected {
 			res.Actions = append(res.Actions, fmt.Sprintf("container %s is already connected to network %s", req.ID, name))
 			continue
 		}
@@ -48,12 +53,7 @@ func (c *Controller) hookStart(ctx context.Context, req api.HookRequest) (*api.H
 		}
 		p, err := c.Connect(ctx, api.ConnectRequest{Container: strconv.Itoa(req.PID), ContainerID: req.ID, Network: name, IfName: ifname})
 		if err != nil {
-			// All or nothing: a container that cannot have all its networks gets none.
-			for _, d := range done {
-				if derr := c.Disconnect(context.WithoutCancel(ctx), api.DisconnectRequest{Container: req.ID, Network: d}); derr != nil {
-					c.log.WithError(derr).Warnf("hook %s: roll back %s", req.ID, d)
-				}
-			}
+			c.hookRollback(ctx, req, done)
 			return res, fmt.Errorf("hook %s: %w", req.ID, err)
 		}
 		done = append(done, name)
@@ -62,19 +62,69 @@ func (c *Controller) hookStart(ctx context.Context, req api.HookRequest) (*api.H
 	return res, nil
 }
 
-func (c *Controller) alreadyConnected(ctx context.Context, network, id string, pid int) bool {
-	found := false
-	c.store.View(ctx, func(tx ds.Tx) error {
-		found = false
-		peers, err := tx.ContainerPeers(network, id)
-		for _, p := range peers {
-			if p.PID == pid && p.State == api.PeerConnected {
-				found = true
-			}
+// hookRollback disconnects the networks a failed start hook connected:
+// a container that cannot have all its networks gets none.
+func (c *Controller) hookRollback(ctx context.Context, req api.HookRequest, done []string) {
+	ctx, cancel := c.undoContext(ctx)
+	defer cancel()
+	for _, d := range done {
+		if err := c.Disconnect(ctx, api.DisconnectRequest{Container: req.ID, Network: d}); err != nil {
+			c.log.WithError(err).Warnf("hook %s: roll back %s", req.ID, d)
 		}
+	}
+}
+
+// hookPeers looks at the records a start hook finds for its container on
+// a network: it reports true if this very container is connected already,
+// and removes (releasing what they hold) records a dead container of the
+// same ID left, since runc IDs are reused.
+func (c *Controller) hookPeers(ctx context.Context, network string, req api.HookRequest) (bool, error) {
+	n, err := c.networkRecord(ctx, network)
+	if err != nil {
+		return false, err
+	}
+	var peers []api.Peer
+	err = c.store.View(ctx, func(tx ds.Tx) error {
+		peers, err = tx.ContainerPeers(network, req.ID)
 		return err
 	})
-	return found
+	if err != nil {
+		return false, err
+	}
+	for i := range peers {
+		p := &peers[i]
+		switch {
+		case p.State == api.PeerConnected && p.PID == req.PID && !c.processGone(p):
+			return true, nil
+		case p.State != api.PeerConnected && c.ownerRuns(p.Owner):
+			return false, api.Errorf(api.ErrBusy, "another circuit process is changing container %s on network %s; try again", req.ID, network)
+		case p.State == api.PeerConnected && !c.processGone(p):
+			return false, api.Errorf(api.ErrExists, "container %s is already connected to network %s, with pid %d", req.ID, network, p.PID)
+		}
+		// The container that record was made for is gone: release what it
+		// left before the new one connects.
+		c.log.Debugf("hook %s: replacing the record of a dead container (pid %d) on %s", req.ID, p.PID, network)
+		if _, err := c.reap(ctx, n, p); err != nil {
+			return false, fmt.Errorf("release what a dead container %s left on %s: %w", req.ID, network, err)
+		}
+	}
+	return false, nil
+}
+
+// processGone reports whether the process a peer was connected for is
+// gone: another boot, or its PID now another process (or none).
+func (c *Controller) processGone(p *api.Peer) bool {
+	if p.BootID != "" && p.BootID != c.k.procs.BootID() {
+		return true
+	}
+	start, err := c.k.procs.StartTime(p.PID)
+	if err != nil {
+		return true
+	}
+	if p.PIDStart != 0 {
+		return start != p.PIDStart
+	}
+	return !c.alive(p) // a record from before PIDStart was kept
 }
 
 // hookNetworks names the networks a container joins: the annotation or
@@ -160,7 +210,7 @@ func (c *Controller) hookStop(ctx context.Context, req api.HookRequest) (*api.Ho
 	if len(peers) == 0 {
 		res.Actions = append(res.Actions, fmt.Sprintf("container %s has no networks: nothing to do", req.ID))
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err := api.Join(errs...); err != nil {
 		return res, fmt.Errorf("hook %s: %w", req.ID, err)
 	}
 	return res, nil

@@ -42,7 +42,13 @@ type namespaces interface {
 	IsNetns(path string) bool
 	// Same reports whether two paths name the same namespace.
 	Same(a, b string) bool
-	FreeIfName(nsPath string) (string, error)
+	// ID identifies a namespace (device and inode).
+	ID(path string) (string, error)
+	// Links lists the interfaces in a namespace.
+	Links(nsPath string) ([]string, error)
+	// BridgePorts lists a bridge's ports; DeleteLink deletes an interface.
+	BridgePorts(nsPath, bridge string) ([]string, error)
+	DeleteLink(nsPath, name string) error
 	// LinkInfo reads ifname's MAC and, for a veth, its host side's name.
 	LinkInfo(nsPath, ifname, hostPath string) (mac, hostIf string, err error)
 }
@@ -70,6 +76,8 @@ type processes interface {
 	PluginContainers() map[string]bool
 	// Resolve finds a running container by PID or runc ID.
 	Resolve(runcRoot, arg string) (*runc.Container, error)
+	// BootID names this boot of the kernel.
+	BootID() string
 }
 
 // hostKernel is the real thing.
@@ -85,11 +93,12 @@ func hostKernel(cfg Config) kernel {
 
 type hostNamespaces struct{}
 
-func (hostNamespaces) Pin(src, dst string) error                { return netns.Pin(src, dst) }
-func (hostNamespaces) Unpin(path string) error                  { return netns.Unpin(path) }
-func (hostNamespaces) IsNetns(path string) bool                 { return netns.IsNetns(path) }
-func (hostNamespaces) Same(a, b string) bool                    { return netns.Same(a, b) }
-func (hostNamespaces) FreeIfName(nsPath string) (string, error) { return netns.FreeIfName(nsPath) }
+func (hostNamespaces) Pin(src, dst string) error             { return netns.Pin(src, dst) }
+func (hostNamespaces) Unpin(path string) error               { return netns.Unpin(path) }
+func (hostNamespaces) IsNetns(path string) bool              { return netns.IsNetns(path) }
+func (hostNamespaces) Same(a, b string) bool                 { return netns.Same(a, b) }
+func (hostNamespaces) ID(path string) (string, error)        { return netns.ID(path) }
+func (hostNamespaces) Links(nsPath string) ([]string, error) { return netns.LinkNames(nsPath) }
 func (hostNamespaces) LinkInfo(nsPath, ifname, hostPath string) (string, string, error) {
 	return netns.LinkInfo(nsPath, ifname, hostPath)
 }
@@ -152,3 +161,14 @@ func (hostProcesses) PluginContainers() map[string]bool {
 	}
 	return ids
 }
+
+func (hostProcesses) BootID() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	return strings.TrimSpace(string(b))
+}
+
+func (hostNamespaces) BridgePorts(nsPath, bridge string) ([]string, error) {
+	return netns.BridgePorts(nsPath, bridge)
+}
+
+func (hostNamespaces) DeleteLink(nsPath, name string) error { return netns.DeleteLink(nsPath, name) }

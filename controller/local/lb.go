@@ -56,6 +56,11 @@ func (c *Controller) CreateService(ctx context.Context, svc api.Service) (*api.S
 	if err := b.Validate(toLB(svc)); err != nil {
 		return nil, fmt.Errorf("lb create %s: %w", svc.Name, err)
 	}
+	// Whatever the kernel already balances on this address is not circuit's.
+	if err := c.foreign(b, &svc); err != nil {
+		return nil, fmt.Errorf("lb create %s: %w", svc.Name, err)
+	}
+	svc.BootID = c.k.procs.BootID()
 	err = c.store.Update(ctx, func(tx ds.Tx) error {
 		if _, err := tx.GetService(svc.Name); err == nil {
 			return api.Errorf(api.ErrExists, "service %s already exists", svc.Name)
@@ -126,6 +131,9 @@ func (c *Controller) changeTargets(ctx context.Context, name string, edit func(s
 	if err := b.Validate(toLB(next)); err != nil {
 		return err
 	}
+	if err := c.foreign(b, old); err != nil {
+		return err
+	}
 	err = c.store.Update(ctx, func(tx ds.Tx) error {
 		cur, err := tx.GetService(name)
 		if err != nil {
@@ -134,7 +142,8 @@ func (c *Controller) changeTargets(ctx context.Context, name string, edit func(s
 		if !slices.Equal(cur.Targets, old.Targets) {
 			return api.Errorf(api.ErrBusy, "service %s changed meanwhile; try again", name)
 		}
-		return tx.PutService(&next)
+		cur.Targets = next.Targets // the one field this command owns
+		return tx.PutService(cur)
 	})
 	if err != nil {
 		return err
@@ -150,7 +159,15 @@ func (c *Controller) changeTargets(ctx context.Context, name string, edit func(s
 			if rerr := b.Ensure(toLB(*old)); rerr != nil {
 				c.log.WithError(rerr).Warnf("rollback: restore service %s in the kernel", name)
 			}
-			if rerr := c.store.Update(context.WithoutCancel(ctx), func(tx ds.Tx) error { return tx.PutService(old) }); rerr != nil {
+			rerr := c.store.Update(context.WithoutCancel(ctx), func(tx ds.Tx) error {
+				cur, err := tx.GetService(name)
+				if err != nil {
+					return err
+				}
+				cur.Targets = old.Targets
+				return tx.PutService(cur)
+			})
+			if rerr != nil {
 				c.log.WithError(rerr).Warnf("rollback: restore record of service %s", name)
 			}
 			return err
@@ -224,7 +241,12 @@ func (c *Controller) DeleteService(ctx context.Context, service string) error {
 		return fmt.Errorf("lb delete %s: %w", service, err)
 	}
 	if b, err := c.k.lb(svc.Backend); err == nil {
-		derr := b.Delete(toLB(*svc))
+		var derr error
+		if ferr := c.foreign(b, svc); ferr != nil {
+			c.log.Warnf("lb delete %s: %v", service, ferr) // the record goes, the kernel's service stays
+		} else {
+			derr = b.Delete(toLB(*svc))
+		}
 		b.Close()
 		if derr != nil && !errors.Is(derr, api.ErrUnsupported) {
 			return fmt.Errorf("lb delete %s: %s backend: %w", service, svc.Backend, derr)
@@ -266,8 +288,10 @@ func (c *Controller) ShowService(ctx context.Context, service string) (*api.Serv
 	return status(*svc, st), nil
 }
 
-// restoreServices programs every recorded service the kernel lacks
-// (Stats says ErrNotFound) or whose targets differ from the record.
+// restoreServices programs every recorded service the kernel lacks, and
+// repairs the targets (missing, extra, other weight or forwarding) of one
+// it holds and circuit owns. A service on the same address that is not
+// circuit's is left alone, and said so.
 func (c *Controller) restoreServices(ctx context.Context) ([]string, error) {
 	unlock, err := c.lock(ctx, "lb")
 	if err != nil {
@@ -281,33 +305,95 @@ func (c *Controller) restoreServices(ctx context.Context) ([]string, error) {
 	var acts []string
 	var errs []error
 	for _, svc := range svcs {
-		b, err := c.k.lb(svc.Backend)
+		act, err := c.restoreService(ctx, &svc)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("restore service %s: %w", svc.Name, err))
-			continue
 		}
-		st, err := b.Stats(toLB(svc))
-		if err == nil && sameTargets(st.Targets, svc.Targets) {
-			b.Close()
-			continue
+		if act != "" {
+			acts = append(acts, act)
 		}
-		if err := b.Ensure(toLB(svc)); err != nil {
-			errs = append(errs, fmt.Errorf("restore service %s: %s backend: %w", svc.Name, b.Name(), err))
-		} else {
-			acts = append(acts, fmt.Sprintf("restored service %s (%s, %s) with %s", svc.Name, svc.Address, plural(len(svc.Targets), "target"), b.Name()))
-		}
-		b.Close()
 	}
-	return acts, errors.Join(errs...)
+	return acts, joinErrors(errs...)
 }
 
-// sameTargets compares the kernel's per-target counters' keys with the record.
-func sameTargets(kernel map[string]lb.Counters, want []api.Target) bool {
+func (c *Controller) restoreService(ctx context.Context, svc *api.Service) (string, error) {
+	b, err := c.k.lb(svc.Backend)
+	if err != nil {
+		return "", err
+	}
+	defer b.Close()
+	verb := "restored"
+	st, err := b.Stats(toLB(*svc))
+	switch {
+	case errors.Is(err, api.ErrNotFound):
+	case err != nil:
+		return "", fmt.Errorf("%s backend: %w", b.Name(), err)
+	default:
+		if err := c.foreign(b, svc); err != nil {
+			return "", err
+		}
+		if sameTargets(st.Programmed.Targets, svc.Targets) {
+			return "", nil
+		}
+		verb = "repaired the targets of"
+	}
+	if err := b.Ensure(toLB(*svc)); err != nil {
+		return "", fmt.Errorf("%s backend: %w", b.Name(), err)
+	}
+	if boot := c.k.procs.BootID(); svc.BootID != boot {
+		err := c.store.Update(ctx, func(tx ds.Tx) error {
+			cur, err := tx.GetService(svc.Name)
+			if err != nil {
+				return err
+			}
+			cur.BootID = boot
+			return tx.PutService(cur)
+		})
+		if err != nil {
+			return "", err
+		}
+	}
+	return fmt.Sprintf("%s service %s (%s, %s) with %s", verb, svc.Name, svc.Address, plural(len(svc.Targets), "target"), b.Name()), nil
+}
+
+// foreign refuses a kernel service on svc's address that is not circuit's.
+// nftables services live in circuit's own table. IPVS has no owner field,
+// so an IPVS service is circuit's only if the record says circuit
+// programmed it during this boot and the kernel's still has the scheduler
+// and persistence circuit gave it.
+func (c *Controller) foreign(b lb.Backend, svc *api.Service) error {
+	if b.Name() != api.BackendIPVS {
+		return nil
+	}
+	st, err := b.Stats(toLB(*svc))
+	if errors.Is(err, api.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%s backend: %w", b.Name(), err)
+	}
+	k := st.Programmed
+	if svc.BootID == c.k.procs.BootID() && k.Scheduler == svc.Scheduler && k.Persistence.Round(time.Second) == svc.Persistence.Round(time.Second) {
+		return nil
+	}
+	return api.Errorf(api.ErrExists, "the kernel's IPVS service %s/%s (scheduler %s, %s) is not circuit's: left alone",
+		k.Address, k.Protocol, k.Scheduler, plural(len(k.Targets), "real server"))
+}
+
+// sameTargets compares the targets the kernel holds with the record: the
+// same addresses, and the same weights and forwarding where the backend
+// can read them back.
+func sameTargets(kernel []lb.Target, want []api.Target) bool {
 	if len(kernel) != len(want) {
 		return false
 	}
 	for _, t := range want {
-		if _, ok := kernel[t.Address]; !ok {
+		i := slices.IndexFunc(kernel, func(k lb.Target) bool { return k.Address == t.Address })
+		if i < 0 {
+			return false
+		}
+		k := kernel[i]
+		if (k.Weight != 0 && k.Weight != t.Weight) || (k.Forward != "" && k.Forward != t.Forward) {
 			return false
 		}
 	}

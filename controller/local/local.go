@@ -8,6 +8,7 @@
 package local
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
@@ -33,6 +34,9 @@ type Config struct {
 	Log      *logrus.Logger
 	// LockTimeout bounds the wait for another circuit process (default 10s).
 	LockTimeout time.Duration
+	// UndoTimeout bounds undoing half-done work after a failure or a
+	// cancelled context (default 10s).
+	UndoTimeout time.Duration
 }
 
 // Controller implements controller.Controller on this host.
@@ -58,6 +62,11 @@ func New(cfg Config) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Pins are named by path: one state dir reached through a symlink or
+	// not must name them alike.
+	if real, err := filepath.EvalSymlinks(cfg.StateDir); err == nil {
+		cfg.StateDir = real
+	}
 	return newController(cfg, store, hostKernel(cfg)), nil
 }
 
@@ -77,7 +86,16 @@ func withDefaults(cfg Config) Config {
 	if cfg.Log == nil {
 		cfg.Log = logrus.StandardLogger()
 	}
+	if cfg.UndoTimeout <= 0 {
+		cfg.UndoTimeout = 10 * time.Second
+	}
 	return cfg
+}
+
+// undoContext is for undoing half-done work: it outlives the caller's
+// cancellation (a signal, a hook's deadline) but not UndoTimeout.
+func (c *Controller) undoContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), c.cfg.UndoTimeout)
 }
 
 // Close releases the datastore.

@@ -387,3 +387,101 @@ func TestDeleteNetwork(t *testing.T) {
 		t.Errorf("inspect after delete: %v", err)
 	}
 }
+
+// A connect that names an interface the container already has is refused
+// before any plugin runs, and the existing interface stays: a rollback must
+// never DEL what its ADD did not make.
+func TestConnectTakenIfNameLeavesIt(t *testing.T) {
+	e := newEnv(t)
+	e.create(e.bridgeConf("taken", "10.210.30.0/24"))
+	s := testutil.NewSleeper(t)
+	if out, err := s.Exec("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "mine0"); err != nil {
+		t.Fatalf("make eth0 in the container: %v\n%s", err, out)
+	}
+	_, err := e.c.Connect(context.Background(), api.ConnectRequest{Container: fmt.Sprint(s.PID), Network: "taken", IfName: "eth0"})
+	if !errors.Is(err, api.ErrExists) || !strings.Contains(err.Error(), "eth0") {
+		t.Errorf("connect --ifname eth0 into a container that has eth0: %v, want ErrExists naming eth0", err)
+	}
+	if out, err := s.Exec("ip", "link", "show", "eth0"); err != nil {
+		t.Fatalf("the container's own eth0 is gone after the refused connect: %v\n%s", err, out)
+	}
+	if r := e.reservations("taken"); len(r) != 0 {
+		t.Errorf("reservations left: %v", r)
+	}
+	if pins := e.pins(); len(pins) != 0 {
+		t.Errorf("pins left: %v", pins)
+	}
+}
+
+// network create --force under connected containers keeps, for each of
+// them, the configuration it was added with: their DEL must run with it
+// (here, host-local's data directory moved), or addresses leak.
+func TestReplaceKeepsPeersConfiguration(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.create(e.bridgeConf("moved", "10.210.31.0/24"))
+	s := testutil.NewSleeper(t)
+	p := e.connect(s, "moved")
+	if r := e.reservations("moved"); len(r) != 1 {
+		t.Fatalf("reservations %v", r)
+	}
+	newData := t.TempDir()
+	conf := fmt.Appendf(nil, `{
+  "cniVersion": "0.2.0", "name": "moved", "type": "bridge", "bridge": %q,
+  "ipMasq": true, "isGateway": true,
+  "ipam": {"type": "host-local", "subnet": "10.210.31.0/24", "dataDir": %q, "routes": [{"dst": "0.0.0.0/0"}]}
+}`, e.bridge, newData)
+	if _, err := e.c.CreateNetwork(ctx, conf, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.Disconnect(ctx, api.DisconnectRequest{Container: p.ContainerID, Network: "moved"}); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.reservations("moved"); len(r) != 0 {
+		t.Errorf("the address the container got under the old configuration leaked: %v", r)
+	}
+	// A container connected after the replace uses the new one.
+	p2 := e.connect(testutil.NewSleeper(t), "moved")
+	if r := testutil.Reservations(newData, "moved"); len(r) != 1 || r[0] != ip(p2.IPs[0]) {
+		t.Errorf("new reservations %v", r)
+	}
+}
+
+// network delete removes the bridge the plugin made for the network, and
+// host-local's now empty directory, as podman does, but never a bridge
+// that was there before circuit's first connect, or one still in use.
+func TestDeleteNetworkRemovesWhatItMade(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.create(e.bridgeConf("made", "10.210.32.0/24"))
+	s := testutil.NewSleeper(t)
+	e.connect(s, "made")
+	if err := exec.Command("ip", "link", "show", e.bridge).Run(); err != nil {
+		t.Fatalf("the plugin made no bridge %s", e.bridge)
+	}
+	if err := e.c.DeleteNetwork(ctx, "made", true); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("ip", "link", "show", e.bridge).CombinedOutput(); err == nil {
+		t.Errorf("the bridge circuit's first connect made is left after network delete:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(e.ipam, "made")); err == nil {
+		t.Errorf("host-local's directory of the network is left")
+	}
+
+	// A bridge that was there first stays.
+	theirs := testutil.RandName("cth")
+	if out, err := exec.Command("ip", "link", "add", theirs, "type", "bridge").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "link", "del", theirs).Run() })
+	e.bridge = theirs
+	e.create(e.bridgeConf("theirs", "10.210.33.0/24"))
+	e.connect(testutil.NewSleeper(t), "theirs")
+	if err := e.c.DeleteNetwork(ctx, "theirs", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := exec.Command("ip", "link", "show", theirs).Run(); err != nil {
+		t.Errorf("network delete removed bridge %s, which was there before circuit", theirs)
+	}
+}

@@ -142,20 +142,34 @@ func (c *Controller) setQoS(ctx context.Context, network, container string, upd 
 		}
 		changed = append(changed, i)
 	}
+	// Store only what qos set owns: the network's policy and the peers'
+	// QoS fields, on the records as they are now (a connect may have
+	// finished, a peer been replaced, while the kernel was shaped).
 	err = c.store.Update(ctx, func(tx ds.Tx) error {
-		if _, err := tx.GetNetwork(network); err != nil {
+		cur, err := tx.GetNetwork(network)
+		if err != nil {
 			return err
 		}
-		stored := next
-		stored.Peers = nil
-		if err := tx.PutNetwork(&stored); err != nil {
-			return err
+		if container == "" {
+			cur.QoS = next.QoS
+			if err := tx.PutNetwork(cur); err != nil {
+				return err
+			}
 		}
 		for i := range next.Peers {
-			if _, err := tx.GetPeer(network, next.Peers[i].ContainerID, next.Peers[i].IfName); errors.Is(err, api.ErrNotFound) {
+			want := &next.Peers[i]
+			if samePolicy(want.QoS, n.Peers[i].QoS) {
+				continue
+			}
+			p, err := tx.GetPeer(network, want.ContainerID, want.IfName)
+			if errors.Is(err, api.ErrNotFound) {
 				continue // disconnected meanwhile
 			}
-			if err := tx.PutPeer(&next.Peers[i]); err != nil {
+			if err != nil {
+				return err
+			}
+			p.QoS = want.QoS
+			if err := tx.PutPeer(p); err != nil {
 				return err
 			}
 		}

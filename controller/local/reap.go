@@ -3,7 +3,6 @@ package local
 import (
 	"context"
 	"errors"
-	"strings"
 
 	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/ds"
@@ -43,12 +42,15 @@ func (s *plugins) running(p *api.Peer) bool {
 // running, and a DEL under them would leak what they make after.
 func (c *Controller) stale(p *api.Peer, procs *plugins) string {
 	switch p.State {
-	case api.PeerConnecting, api.PeerDisconnecting:
+	case api.PeerConnecting, api.PeerDisconnecting, api.PeerUndoFailed:
 		if c.ownerRuns(p.Owner) || procs.running(p) {
 			return "" // in progress
 		}
-		if p.State == api.PeerConnecting {
+		switch p.State {
+		case api.PeerConnecting:
 			return "an interrupted connect"
+		case api.PeerUndoFailed:
+			return "an undo that failed"
 		}
 		return "an interrupted disconnect"
 	case api.PeerConnected:
@@ -134,29 +136,5 @@ func (c *Controller) reap(ctx context.Context, n *api.Network, p *api.Peer) (boo
 	return true, c.detach(ctx, n, p)
 }
 
-// joinErrors is errors.Join on one line ("; " between the errors): the CLI
-// prints an error as one line on stderr.
-func joinErrors(errs ...error) error {
-	var j joined
-	for _, err := range errs {
-		if err != nil {
-			j = append(j, err)
-		}
-	}
-	if len(j) == 0 {
-		return nil
-	}
-	return j
-}
-
-type joined []error
-
-func (j joined) Error() string {
-	msgs := make([]string, len(j))
-	for i, err := range j {
-		msgs[i] = strings.ReplaceAll(err.Error(), "\n", "; ")
-	}
-	return strings.Join(msgs, "; ")
-}
-
-func (j joined) Unwrap() []error { return j }
+// joinErrors is api.Join: errors on one line.
+var joinErrors = api.Join

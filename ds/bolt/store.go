@@ -96,6 +96,7 @@ func (s *Store) Close() error {
 // Update runs fn in one read-write transaction, committed only if fn
 // returns nil. fn's error is returned as is.
 func (s *Store) Update(ctx context.Context, fn func(ds.Tx) error) (err error) {
+	defer guard(s.path, &err)()
 	db, err := s.openDB(ctx, false)
 	if err != nil {
 		return err
@@ -113,7 +114,7 @@ func (s *Store) Update(ctx context.Context, fn func(ds.Tx) error) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := fn(&tx{btx: btx, root: root}); err != nil {
+	if err := fn(&tx{btx: btx, root: root, path: s.path}); err != nil {
 		return err
 	}
 	if err := btx.Commit(); err != nil {
@@ -129,7 +130,7 @@ func (s *Store) View(ctx context.Context, fn func(ds.Tx) error) error {
 		if err != nil {
 			return err
 		}
-		return fn(&tx{btx: btx, root: root})
+		return fn(&tx{btx: btx, root: root, path: s.path})
 	})
 }
 
@@ -155,6 +156,7 @@ func (s *Store) init(ctx context.Context) error {
 // view runs fn in a read-only bbolt transaction, with btx nil if the file
 // is missing or empty: a read must not create it.
 func (s *Store) view(ctx context.Context, fn func(btx *bbolt.Tx) error) (err error) {
+	defer guard(s.path, &err)()
 	if err := s.usable(ctx); err != nil {
 		return err
 	}
@@ -198,6 +200,9 @@ func (s *Store) openDB(ctx context.Context, readOnly bool) (*bbolt.DB, error) {
 	if err := s.usable(ctx); err != nil {
 		return nil, err
 	}
+	if err := checkSize(s.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
 	opts := *bbolt.DefaultOptions
 	opts.Timeout = s.timeout
 	opts.ReadOnly = readOnly
@@ -206,6 +211,8 @@ func (s *Store) openDB(ctx context.Context, readOnly bool) (*bbolt.DB, error) {
 	case errors.Is(err, berrors.ErrTimeout):
 		return nil, fmt.Errorf("%w: another circuit process held %s for more than %s",
 			api.ErrBusy, s.path, s.timeout)
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum), errors.Is(err, berrors.ErrVersionMismatch):
+		return nil, damaged(s.path, err.Error())
 	case err != nil:
 		return nil, fmt.Errorf("open datastore %s: %w", s.path, err)
 	}

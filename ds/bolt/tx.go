@@ -18,6 +18,7 @@ var errReadOnly = errors.New("write in a read-only transaction")
 type tx struct {
 	btx  *bbolt.Tx     // nil in a View of a store with no file
 	root *bbolt.Bucket // v1/; nil until the first write creates it
+	path string        // the file, for errors about a damaged one
 }
 
 var _ ds.Tx = (*tx)(nil)
@@ -31,7 +32,7 @@ func (t *tx) GetNetwork(name string) (*api.Network, error) {
 	if nb == nil {
 		return nil, notFound("network %q", name)
 	}
-	return decode(nb.Get(keyConfig), record.DecodeNetwork, "network %q", name)
+	return decode(t, nb.Get(keyConfig), record.DecodeNetwork, "network %q", name)
 }
 
 // ListNetworks returns every network, without peers, sorted by name.
@@ -42,7 +43,7 @@ func (t *tx) ListNetworks() ([]api.Network, error) {
 		return nets, nil
 	}
 	err := b.ForEachBucket(func(k []byte) error {
-		n, err := decode(b.Bucket(k).Get(keyConfig), record.DecodeNetwork, "network %q", k)
+		n, err := decode(t, b.Bucket(k).Get(keyConfig), record.DecodeNetwork, "network %q", k)
 		if err != nil {
 			return err
 		}
@@ -108,7 +109,7 @@ func (t *tx) GetPeer(network, containerID, ifname string) (*api.Peer, error) {
 	if raw == nil {
 		return nil, peerNotFound(network, containerID, ifname)
 	}
-	return decode(raw, record.DecodePeer, "peer %q", peerName(network, containerID, ifname))
+	return decode(t, raw, record.DecodePeer, "peer %q", peerName(network, containerID, ifname))
 }
 
 // ListPeers returns the peers of one network, or of all with network "",
@@ -123,7 +124,7 @@ func (t *tx) ListPeers(network string) ([]api.Peer, error) {
 		if nb == nil {
 			return nil, notFound("network %q", network)
 		}
-		return appendPeers(peers, nb, network)
+		return t.appendPeers(peers, nb, network)
 	}
 	b := t.bucket(bucketNetworks)
 	if b == nil {
@@ -131,7 +132,7 @@ func (t *tx) ListPeers(network string) ([]api.Peer, error) {
 	}
 	err := b.ForEachBucket(func(k []byte) error {
 		var err error
-		peers, err = appendPeers(peers, b.Bucket(k), string(k))
+		peers, err = t.appendPeers(peers, b.Bucket(k), string(k))
 		return err
 	})
 	return peers, err
@@ -155,7 +156,7 @@ func (t *tx) ContainerPeers(network, containerID string) ([]api.Peer, error) {
 		return peers, nil
 	}
 	err := cb.ForEach(func(ifname, v []byte) error {
-		p, err := decode(v, record.DecodePeer, "peer %q", peerName(network, containerID, string(ifname)))
+		p, err := decode(t, v, record.DecodePeer, "peer %q", peerName(network, containerID, string(ifname)))
 		if err != nil {
 			return err
 		}
@@ -236,7 +237,7 @@ func (t *tx) GetService(name string) (*api.Service, error) {
 	if raw == nil {
 		return nil, notFound("service %q", name)
 	}
-	return decode(raw, record.DecodeService, "service %q", name)
+	return decode(t, raw, record.DecodeService, "service %q", name)
 }
 
 // ListServices returns every service, sorted by name.
@@ -247,7 +248,7 @@ func (t *tx) ListServices() ([]api.Service, error) {
 		return svcs, nil
 	}
 	err := b.ForEach(func(k, v []byte) error {
-		s, err := decode(v, record.DecodeService, "service %q", k)
+		s, err := decode(t, v, record.DecodeService, "service %q", k)
 		if err != nil {
 			return err
 		}
@@ -337,14 +338,14 @@ func get(b *bbolt.Bucket, key string) []byte {
 	return b.Get([]byte(key))
 }
 
-func appendPeers(peers []api.Peer, nb *bbolt.Bucket, network string) ([]api.Peer, error) {
+func (t *tx) appendPeers(peers []api.Peer, nb *bbolt.Bucket, network string) ([]api.Peer, error) {
 	pb := nb.Bucket(bucketPeers)
 	if pb == nil {
 		return peers, nil
 	}
 	err := pb.ForEachBucket(func(cid []byte) error {
 		return pb.Bucket(cid).ForEach(func(ifname, v []byte) error {
-			p, err := decode(v, record.DecodePeer, "peer %q", peerName(network, string(cid), string(ifname)))
+			p, err := decode(t, v, record.DecodePeer, "peer %q", peerName(network, string(cid), string(ifname)))
 			if err != nil {
 				return err
 			}
@@ -357,13 +358,14 @@ func appendPeers(peers []api.Peer, nb *bbolt.Bucket, network string) ([]api.Peer
 
 // decode reads a stored record with fn; format and args name it in errors.
 // The record package copies what it keeps out of bbolt's memory map.
-func decode[T any](raw []byte, fn func([]byte) (*T, error), format string, args ...any) (*T, error) {
+func decode[T any](t *tx, raw []byte, fn func([]byte) (*T, error), format string, args ...any) (*T, error) {
+	what := fmt.Sprintf(format, args...)
 	if raw == nil {
-		return nil, fmt.Errorf("%s: record missing from datastore", fmt.Sprintf(format, args...))
+		return nil, damaged(t.path, what+": record missing")
 	}
 	v, err := fn(raw)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), err)
+		return nil, damaged(t.path, what+": "+err.Error())
 	}
 	return v, nil
 }

@@ -34,6 +34,22 @@ type Network struct {
 	Config     json.RawMessage `json:"config"` // exactly as the user gave it
 	CreatedAt  time.Time       `json:"createdAt"`
 	QoS        *QoS            `json:"qos,omitempty"`
+	GC         *Process        `json:"gc,omitempty"` // the circuit process running the plugins' GC
+	// OwnedBridge is the bridge circuit's first connect made.
+	OwnedBridge string `json:"ownedBridge,omitempty"`
+	// Cluster is set on a cluster network (its replica on a node).
+	Cluster *Cluster `json:"cluster,omitempty"`
+}
+
+// Cluster is a cluster network's overlay, block sizes, VNI and the blocks
+// the node holding the record holds.
+type Cluster struct {
+	Overlay    string   `json:"overlay"`
+	BlockSize  int      `json:"blockSize"`
+	BlockSize6 int      `json:"blockSize6"`
+	Blocks     []string `json:"blocks,omitempty"`
+	VNI        int      `json:"vni,omitempty"`
+	Node       string   `json:"node,omitempty"`
 }
 
 // QoS is a stored policy.
@@ -61,6 +77,12 @@ type Peer struct {
 	ConnectedAt time.Time `json:"connectedAt"`
 	QoS         *QoS      `json:"qos,omitempty"`
 	Owner       *Process  `json:"owner,omitempty"`
+	PIDStart    uint64    `json:"pidStartTicks,omitempty"` // with bootID, which process PID was
+	BootID      string    `json:"bootID,omitempty"`
+	// Config is the configuration the peer was added with, kept when the
+	// network's was replaced under it.
+	Config json.RawMessage `json:"config,omitempty"`
+	Node   string          `json:"node,omitempty"` // cluster networks: the peer's node
 }
 
 // Process identifies a process across PID reuse.
@@ -80,6 +102,8 @@ type Service struct {
 	Backend          string    `json:"backend"`
 	Targets          []Target  `json:"targets"`
 	CreatedAt        time.Time `json:"createdAt"`
+	BootID           string    `json:"bootID,omitempty"` // the boot circuit last programmed it in
+	Cluster          bool      `json:"cluster,omitempty"`
 }
 
 // Target is one real server of a service.
@@ -93,7 +117,8 @@ type Target struct {
 func EncodeNetwork(n *api.Network) ([]byte, error) {
 	return json.Marshal(Network{
 		V: Version, Name: n.Name, Type: n.Type, Plugins: n.Plugins, CNIVersion: n.CNIVersion,
-		IsList: n.IsList, Config: n.Config, CreatedAt: n.CreatedAt, QoS: encodeQoS(n.QoS),
+		IsList: n.IsList, Config: n.Config, CreatedAt: n.CreatedAt, QoS: encodeQoS(n.QoS), GC: encodeProcess(n.GC),
+		OwnedBridge: n.OwnedBridge, Cluster: (*Cluster)(n.Cluster),
 	})
 }
 
@@ -105,7 +130,8 @@ func DecodeNetwork(b []byte) (*api.Network, error) {
 	}
 	return &api.Network{
 		Name: r.Name, Type: r.Type, Plugins: r.Plugins, CNIVersion: r.CNIVersion, IsList: r.IsList,
-		Config: r.Config, CreatedAt: r.CreatedAt, QoS: decodeQoS(r.QoS),
+		Config: r.Config, CreatedAt: r.CreatedAt, QoS: decodeQoS(r.QoS), GC: decodeProcess(r.GC),
+		OwnedBridge: r.OwnedBridge, Cluster: (*api.Cluster)(r.Cluster),
 	}, nil
 }
 
@@ -114,11 +140,9 @@ func EncodePeer(p *api.Peer) ([]byte, error) {
 	r := Peer{
 		V: Version, Network: p.Network, ContainerID: p.ContainerID, PID: p.PID, IfName: p.IfName,
 		IPs: p.IPs, MAC: p.MAC, HostIf: p.HostIf, Netns: p.Netns, State: string(p.State),
-		ConnectedAt: p.ConnectedAt, QoS: encodeQoS(p.QoS),
+		ConnectedAt: p.ConnectedAt, QoS: encodeQoS(p.QoS), PIDStart: p.PIDStart, BootID: p.BootID, Config: p.Config, Node: p.Node,
 	}
-	if p.Owner != nil {
-		r.Owner = &Process{PID: p.Owner.PID, StartTicks: p.Owner.Start}
-	}
+	r.Owner = encodeProcess(p.Owner)
 	return json.Marshal(r)
 }
 
@@ -131,11 +155,9 @@ func DecodePeer(b []byte) (*api.Peer, error) {
 	p := &api.Peer{
 		Network: r.Network, ContainerID: r.ContainerID, PID: r.PID, IfName: r.IfName,
 		IPs: r.IPs, MAC: r.MAC, HostIf: r.HostIf, Netns: r.Netns, State: api.PeerState(r.State),
-		ConnectedAt: r.ConnectedAt, QoS: decodeQoS(r.QoS),
+		ConnectedAt: r.ConnectedAt, QoS: decodeQoS(r.QoS), PIDStart: r.PIDStart, BootID: r.BootID, Config: r.Config, Node: r.Node,
 	}
-	if r.Owner != nil {
-		p.Owner = &api.Process{PID: r.Owner.PID, Start: r.Owner.StartTicks}
-	}
+	p.Owner = decodeProcess(r.Owner)
 	return p, nil
 }
 
@@ -144,6 +166,7 @@ func EncodeService(s *api.Service) ([]byte, error) {
 	r := Service{
 		V: Version, Name: s.Name, Address: s.Address, Protocol: s.Protocol, Scheduler: s.Scheduler,
 		PersistenceNanos: int64(s.Persistence), Backend: s.Backend, Targets: []Target{}, CreatedAt: s.CreatedAt,
+		BootID: s.BootID, Cluster: s.Cluster,
 	}
 	for _, t := range s.Targets {
 		r.Targets = append(r.Targets, Target{Address: t.Address, Weight: t.Weight, Forward: t.Forward})
@@ -160,11 +183,26 @@ func DecodeService(b []byte) (*api.Service, error) {
 	s := &api.Service{
 		Name: r.Name, Address: r.Address, Protocol: r.Protocol, Scheduler: r.Scheduler,
 		Persistence: time.Duration(r.PersistenceNanos), Backend: r.Backend, Targets: []api.Target{}, CreatedAt: r.CreatedAt,
+		BootID: r.BootID, Cluster: r.Cluster,
 	}
 	for _, t := range r.Targets {
 		s.Targets = append(s.Targets, api.Target{Address: t.Address, Weight: t.Weight, Forward: t.Forward})
 	}
 	return s, nil
+}
+
+func encodeProcess(p *api.Process) *Process {
+	if p == nil {
+		return nil
+	}
+	return &Process{PID: p.PID, StartTicks: p.Start}
+}
+
+func decodeProcess(r *Process) *api.Process {
+	if r == nil {
+		return nil
+	}
+	return &api.Process{PID: r.PID, Start: r.StartTicks}
 }
 
 func encodeQoS(p *api.QoSPolicy) *QoS {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 
+	"github.com/circuit-cni/circuit/api"
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -63,11 +65,12 @@ func (r *Runtime) DelEach(ctx context.Context, cfg *Config, a RuntimeConf) error
 	for i := len(cfg.List.Plugins) - 1; i >= 0; i-- {
 		one := *cfg.List
 		one.Plugins = cfg.List.Plugins[i : i+1]
-		if err := r.cni.DelNetworkList(ctx, &one, a.rt()); err != nil {
+		// A plugin that is not installed made nothing to give back.
+		if err := r.cni.DelNetworkList(ctx, &one, a.rt()); err != nil && !strings.Contains(err.Error(), "failed to find plugin") {
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	return api.Join(errs...)
 }
 
 // GC asks the plugins (CNI 1.1) to release whatever is not among valid.

@@ -11,7 +11,6 @@
 package lb
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/circuit-cni/circuit/api"
@@ -93,7 +92,7 @@ func Auto(nsPath string) (Backend, error) {
 		}
 		errs = append(errs, err)
 	}
-	return nil, fmt.Errorf("lb: no load-balancing backend available: %w", errors.Join(errs...))
+	return nil, fmt.Errorf("lb: no load-balancing backend available: %w", api.Join(errs...))
 }
 
 // Validate checks, touching no kernel, that the named backend ("ipvs" or

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 
 	"github.com/vishvananda/netlink"
@@ -57,6 +58,16 @@ func IsNetns(path string) bool {
 		return false
 	}
 	return st.Type == unix.NSFS_MAGIC
+}
+
+// ID identifies the namespace at path (its nsfs device and inode), which
+// no PID or path string does.
+func ID(path string) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%d:%d", st.Dev, st.Ino), nil
 }
 
 // Same reports whether two paths name the same namespace.
@@ -116,24 +127,32 @@ func Do(path string, fn func() error) error {
 	return <-errc
 }
 
-// FreeIfName returns the first ethN name not used in the namespace.
-func FreeIfName(path string) (string, error) {
+// LinkNames lists the interfaces in the namespace at path.
+func LinkNames(path string) ([]string, error) {
 	h, err := Handle(path)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	defer h.Close()
 	links, err := h.LinkList()
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return "", fmt.Errorf("list links in %s: %w", path, err)
+	if errors.Is(err, netlink.ErrDumpInterrupted) {
+		links, err = h.LinkList() // changed under the dump: once more
 	}
-	used := map[string]bool{}
+	if err != nil {
+		return nil, fmt.Errorf("list links in %s: %w", path, err)
+	}
+	names := make([]string, 0, len(links))
 	for _, l := range links {
-		used[l.Attrs().Name] = true
+		names = append(names, l.Attrs().Name)
 	}
+	return names, nil
+}
+
+// FreeIfName returns the first ethN name not in used.
+func FreeIfName(used []string) string {
 	for i := 0; ; i++ {
-		if n := "eth" + strconv.Itoa(i); !used[n] {
-			return n, nil
+		if n := "eth" + strconv.Itoa(i); !slices.Contains(used, n) {
+			return n
 		}
 	}
 }
@@ -162,4 +181,54 @@ func LinkInfo(path, ifname, hostPath string) (mac, hostIf string, err error) {
 		}
 	}
 	return mac, hostIf, nil
+}
+
+// BridgePorts lists the interfaces enslaved to bridge in the namespace at
+// path.
+func BridgePorts(path, bridge string) ([]string, error) {
+	h, err := Handle(path)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	br, err := h.LinkByName(bridge)
+	if err != nil {
+		return nil, fmt.Errorf("find %s in %s: %w", bridge, path, err)
+	}
+	links, err := h.LinkList()
+	if errors.Is(err, netlink.ErrDumpInterrupted) {
+		links, err = h.LinkList()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list links in %s: %w", path, err)
+	}
+	var ports []string
+	for _, l := range links {
+		if l.Attrs().MasterIndex == br.Attrs().Index {
+			ports = append(ports, l.Attrs().Name)
+		}
+	}
+	return ports, nil
+}
+
+// DeleteLink deletes the interface name in the namespace at path; one
+// already gone is not an error.
+func DeleteLink(path, name string) error {
+	h, err := Handle(path)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("find %s in %s: %w", name, path, err)
+	}
+	if err := h.LinkDel(l); err != nil {
+		return fmt.Errorf("delete %s in %s: %w", name, path, err)
+	}
+	return nil
 }

@@ -29,9 +29,9 @@ func TestPinOutlivesProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Kill()
-	name, err := FreeIfName(pin)
-	if err != nil || name != "eth2" {
-		t.Fatalf("FreeIfName after death = %q, %v; want eth2", name, err)
+	links, err := LinkNames(pin)
+	if name := FreeIfName(links); err != nil || name != "eth2" {
+		t.Fatalf("FreeIfName(LinkNames) after death = %q, %v; want eth2", name, err)
 	}
 	if err := Unpin(pin); err != nil {
 		t.Fatal(err)

@@ -253,16 +253,25 @@ func indentOf(doc []byte) string {
 // time sees the old file or the new one, never a torn write. The file keeps
 // its mode and, where the caller may set it, its owner.
 func InstallHooks(path string, set HookSet) error {
-	// Write through a symlinked config.json rather than replacing the link.
-	real, err := filepath.EvalSymlinks(path)
+	// circuit runs as root: a config.json that is a symlink could point at
+	// any file, so it is not followed.
+	real := path
+	fi, err := os.Lstat(real)
 	if err != nil {
 		return err
 	}
-	fi, err := os.Stat(real)
-	if err != nil {
-		return err
+	if fi.Mode()&os.ModeSymlink != 0 {
+		return fmt.Errorf("%s is a symlink: not followed (give the bundle it belongs to)", path)
 	}
-	old, err := os.ReadFile(real)
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", path)
+	}
+	f, err := os.OpenFile(real, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return err // a symlink put there since gives ELOOP
+	}
+	old, err := io.ReadAll(io.LimitReader(f, MaxStateSize))
+	f.Close()
 	if err != nil {
 		return err
 	}

@@ -143,7 +143,7 @@ func restore(h *netlink.Handle, link netlink.Link, s state) error {
 	} else {
 		errs = append(errs, removeIngress(h, link.Attrs().Name, link))
 	}
-	return errors.Join(errs...)
+	return api.Join(errs...)
 }
 
 // Reset removes what circuit installed on ifname: its root qdisc (by

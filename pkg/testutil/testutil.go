@@ -131,3 +131,27 @@ func Reservations(dataDir, network string) []string {
 	}
 	return ips
 }
+
+var builtPlugin string
+
+// TestPlugin returns a directory holding circuit-test-plugin, the CNI
+// plugin of internal/testplugin (slow or failing ADD and DEL on demand),
+// built once per test process.
+func TestPlugin(t testing.TB) string {
+	t.Helper()
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if builtPlugin == "" {
+		dir, err := os.MkdirTemp("", "circuit-test-plugin")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "circuit-test-plugin"), "./internal/testplugin")
+		cmd.Dir, cmd.Env = RepoRoot(), append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build the test plugin: %v\n%s", err, b)
+		}
+		builtPlugin = dir
+	}
+	return builtPlugin
+}

@@ -115,7 +115,7 @@ func (b *Backend) Close() error {
 		errs = append(errs, b.ns.Close())
 		b.ns = nil
 	}
-	return errors.Join(errs...)
+	return api.Join(errs...)
 }
 
 // toSvc is the kernel form of a service (key and settings).

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -178,7 +179,7 @@ func (b *Backend) Stats(svc spec.Service) (*spec.Stats, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lb %s: ipvs: stats: list real servers: %w", svc.Name, err)
 	}
-	st := &spec.Stats{Service: counters(cur.stats), Targets: map[string]spec.Counters{}}
+	st := &spec.Stats{Service: counters(cur.stats), Targets: map[string]spec.Counters{}, Programmed: programmed(svc.Name, cur, ds)}
 	names := map[string]string{}
 	for _, t := range svc.Targets {
 		if ap, err := api.ParseAddrPort(t.Address); err == nil {
@@ -197,4 +198,28 @@ func (b *Backend) Stats(svc spec.Service) (*spec.Stats, error) {
 
 func counters(s stats) spec.Counters {
 	return spec.Counters{Connections: s.conns, Packets: s.inPkts + s.outPkts, Bytes: s.inBytes + s.outBytes}
+}
+
+// programmed reads back a service as the kernel holds it.
+func programmed(name string, s *svc, ds []*dest) spec.Service {
+	out := spec.Service{Name: name, Address: s.addr.String(), Scheduler: s.sched}
+	for p, n := range api.Protocols {
+		if uint16(n) == s.proto {
+			out.Protocol = p
+		}
+	}
+	if s.flags&svcFlagPersistent != 0 {
+		out.Persistence = time.Duration(s.timeout) * time.Second
+	}
+	for _, d := range ds {
+		fwd := api.ForwardNAT
+		switch d.fwd {
+		case fwdDirectRoute:
+			fwd = api.ForwardDR
+		case fwdTunnel:
+			fwd = api.ForwardTunnel
+		}
+		out.Targets = append(out.Targets, spec.Target{Address: d.addr.String(), Weight: int(d.weight), Forward: fwd})
+	}
+	return out
 }

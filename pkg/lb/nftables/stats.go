@@ -75,6 +75,12 @@ func (b *Backend) stats(svc spec.Service) (*spec.Stats, error) {
 			name = t.String()
 		}
 		st.Targets[name] = spec.Counters{Connections: n}
+		// Weights live in the slots; only the target set is read back.
+		st.Programmed.Targets = append(st.Programmed.Targets, spec.Target{Address: t.String(), Forward: api.ForwardNAT})
+	}
+	st.Programmed.Name = svc.Name
+	if cur.hasRec {
+		st.Programmed.Address, st.Programmed.Persistence = cur.rec.vip.String(), cur.rec.persistence
 	}
 	return st, nil
 }

@@ -38,10 +38,15 @@ type Counters struct {
 	Bytes       uint64
 }
 
-// Stats are a programmed service's counters, and its targets' by address.
+// Stats are a programmed service's counters, and its targets' by address,
+// with the service as the kernel holds it.
 type Stats struct {
 	Service Counters
 	Targets map[string]Counters
+	// Programmed is what the kernel holds for the service, as far as the
+	// backend can read it back: scheduler, persistence, and the targets
+	// with their weights and forwarding (0 and "" where it cannot tell).
+	Programmed Service
 }
 
 // Spec is a validated service.
