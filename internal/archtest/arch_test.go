@@ -4,15 +4,19 @@
 package archtest
 
 import (
+	"bytes"
 	"go/parser"
 	"go/token"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/circuit-cni/circuit/pkg/testutil"
 )
 
 const module = "github.com/circuit-cni/circuit"
@@ -33,6 +37,10 @@ var allowed = []struct {
 	{"controller/local", []string{"api", "controller", "ds", "pkg"}, []string{"internal/ruletable"}},
 	{"controller", []string{"api"}, nil},
 }
+
+// etcdClients are the only directories whose code may import etcd: the
+// circuit binary must not link it (see TestBinaryLinksNoEtcd).
+var etcdClients = []string{"ds/etcd"}
 
 func root() string {
 	_, file, _, _ := runtime.Caller(0)
@@ -73,14 +81,20 @@ func TestLayering(t *testing.T) {
 				break
 			}
 		}
-		if rule < 0 {
-			return nil
-		}
-		a := allowed[rule]
 		f, err := parser.ParseFile(token.NewFileSet(), path, nil, parser.ImportsOnly)
 		if err != nil {
 			return err
 		}
+		for _, imp := range f.Imports {
+			p, _ := strconv.Unquote(imp.Path.Value)
+			if strings.HasPrefix(p, "go.etcd.io/etcd/") && !ok(dir, etcdClients) {
+				t.Errorf("%s imports %s: only %v may use etcd", rel, p, etcdClients)
+			}
+		}
+		if rule < 0 {
+			return nil
+		}
+		a := allowed[rule]
 		checked++
 		test := strings.HasSuffix(path, "_test.go")
 		for _, imp := range f.Imports {
@@ -126,4 +140,79 @@ func TestNoBenchmarkDependencies(t *testing.T) {
 			t.Errorf("go.mod requires %s: benchmark-only dependencies belong in hack/bench/go.mod", dep)
 		}
 	}
+}
+
+// The circuit binary links neither etcd nor the Prometheus client it
+// brings: only ds/etcd (and circuit-agent) use them. A package that
+// imports ds/etcd by the way would add megabytes to every hook.
+func TestBinaryLinksNoEtcd(t *testing.T) {
+	if testutil.InVM() {
+		t.Skip("the VM has no go tool; the unit tier runs this")
+	}
+	// One line per dependency: its path, then its imports.
+	cmd := exec.Command(goTool(t), "list", "-deps", "-f", `{{.ImportPath}} {{join .Imports " "}}`, ".")
+	cmd.Dir = root()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list -deps .: %v\n%s", err, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) < 50 {
+		t.Fatalf("go list -deps . listed only %d packages: %q", len(lines), lines)
+	}
+	forbidden := func(p string) bool {
+		return strings.HasPrefix(p, "go.etcd.io/etcd/") || strings.HasPrefix(p, "github.com/prometheus/")
+	}
+	imports := map[string][]string{}
+	for _, line := range lines {
+		fields := strings.Fields(line)
+		imports[fields[0]] = fields[1:]
+	}
+	// go list -deps prints the package itself last. Walk from it to name
+	// the chain of imports that brings each forbidden package in.
+	top := strings.Fields(lines[len(lines)-1])[0]
+	via := map[string]string{top: ""}
+	queue := []string{top}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		for _, imp := range imports[p] {
+			if _, seen := via[imp]; seen {
+				continue
+			}
+			via[imp] = p
+			if forbidden(imp) {
+				chain := []string{imp}
+				for q := p; q != ""; q = via[q] {
+					chain = append([]string{q}, chain...)
+				}
+				t.Errorf("the circuit binary links %s: %s", imp, strings.Join(chain, " -> "))
+				continue // its own imports would only repeat the chain
+			}
+			queue = append(queue, imp)
+		}
+	}
+}
+
+// goTool finds the go command: the one that built this test if it is still
+// there, else the first on PATH.
+func goTool(t *testing.T) string {
+	name := "go"
+	if goroot := runtime.GOROOT(); goroot != "" {
+		if p := filepath.Join(goroot, "bin", name); fileExists(p) {
+			return p
+		}
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("no go tool to list the binary's dependencies: %v", err)
+	}
+	return p
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
