@@ -140,6 +140,7 @@ interface. See "circuit hook config".`,
 		Commands: []*cli.Command{
 			networkCommand(a),
 			lbCommand(a),
+			nodeCommand(a),
 			hookCommand(a),
 			restoreCommand(a),
 			gcCommand(a),

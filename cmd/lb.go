@@ -40,6 +40,7 @@ func lbCreateCommand(a *app) *cli.Command {
 			&cli.StringFlag{Name: "protocol", Value: "tcp", Usage: "`PROTOCOL`: tcp, udp or sctp"},
 			&cli.DurationFlag{Name: "persistence", Usage: "keep a client on one target for `DURATION`"},
 			&cli.StringFlag{Name: "backend", Value: "auto", Usage: "`BACKEND`: auto, ipvs or nftables"},
+			&cli.BoolFlag{Name: "cluster", Usage: "balance the service on every cluster node (through circuit-agent)"},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			if err := checkArgs(cmd, 2, 2); err != nil {
@@ -52,6 +53,7 @@ func lbCreateCommand(a *app) *cli.Command {
 				Scheduler:   cmd.String("scheduler"),
 				Persistence: cmd.Duration("persistence"),
 				Backend:     cmd.String("backend"),
+				Cluster:     cmd.Bool("cluster"),
 			}
 			// What flags say is judged here, by the controller's rules.
 			if err := api.ValidProtocol(svc.Protocol); err != nil {

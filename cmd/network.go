@@ -41,19 +41,37 @@ func networkCreateCommand(a *app) *cli.Command {
 		Name:      "create",
 		Usage:     "define a network from a CNI conf or conflist (FILE, or - for stdin)",
 		ArgsUsage: "FILE|-",
+		Description: `With --overlay vxlan the network is a cluster network, shared by every
+node running circuit-agent: its IPAM range (host-local, IPv4 and IPv6) is cut
+into blocks of --block-size bits (IPv4) and --block-size6 bits (IPv6), and
+each node's containers get addresses from the blocks its agent claims.`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "force", Usage: "replace an existing network of the same name"},
+			&cli.StringFlag{Name: "overlay", Usage: "make a cluster network with `OVERLAY` (vxlan), through circuit-agent"},
+			&cli.IntFlag{Name: "block-size", Value: api.DefaultBlockSize, Usage: "prefix length of a node's IPv4 `BITS` block (with --overlay)"},
+			&cli.IntFlag{Name: "block-size6", Value: api.DefaultBlockSize6, Usage: "prefix length of a node's IPv6 `BITS` block (with --overlay)"},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			if err := checkArgs(cmd, 1, 1); err != nil {
 				return err
 			}
+			req := api.CreateNetworkRequest{Force: cmd.Bool("force"), Overlay: cmd.String("overlay")}
+			if req.Overlay == "" && (cmd.IsSet("block-size") || cmd.IsSet("block-size6")) {
+				return usageErrorf(cmd, "--block-size and --block-size6 need --overlay")
+			}
+			if req.Overlay != "" {
+				req.BlockSize, req.BlockSize6 = cmd.Int("block-size"), cmd.Int("block-size6")
+				if err := api.ValidCluster(&api.Cluster{Overlay: req.Overlay, BlockSize: req.BlockSize, BlockSize6: req.BlockSize6}, []string{"0.0.0.0/0", "::/0"}); err != nil {
+					return usageErrorf(cmd, "%v", err)
+				}
+			}
 			conf, err := a.readConfig(cmd.Args().First())
 			if err != nil {
 				return err
 			}
+			req.Config = conf
 			return a.withController(ctx, func(c controller.Controller) error {
-				n, err := c.CreateNetwork(ctx, conf, cmd.Bool("force"))
+				n, err := c.CreateNetwork(ctx, req)
 				if err != nil {
 					return err
 				}

@@ -9,14 +9,16 @@ package controller
 
 import (
 	"context"
+	"time"
 
 	"github.com/circuit-cni/circuit/api"
 )
 
 // Controller is circuit's whole capability set. Errors wrap api's sentinels.
 type Controller interface {
-	// Networks.
-	CreateNetwork(ctx context.Context, config []byte, force bool) (*api.Network, error)
+	// Networks. A request with an Overlay makes a cluster network (through
+	// circuit-agent).
+	CreateNetwork(ctx context.Context, req api.CreateNetworkRequest) (*api.Network, error)
 	ListNetworks(ctx context.Context) ([]api.Network, error)
 	InspectNetwork(ctx context.Context, name string) (*api.Network, error)
 	DeleteNetwork(ctx context.Context, name string, force bool) error
@@ -44,6 +46,11 @@ type Controller interface {
 	// Repair.
 	Restore(ctx context.Context) (*api.Report, error)
 	GC(ctx context.Context, dryRun bool) (*api.Report, error)
+
+	// Cluster (through circuit-agent): the nodes, and the blocks of nodes
+	// lost longer than grace given back.
+	ListNodes(ctx context.Context) ([]api.Node, error)
+	GCCluster(ctx context.Context, grace time.Duration, dryRun bool) (*api.Report, error)
 
 	Close() error
 }

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/controller"
@@ -70,6 +71,7 @@ func Run(t *testing.T, newEnv func(t *testing.T) Env) {
 		{"HookReusedID", testHookReusedID},
 		{"HookErrors", testHookErrors},
 		{"GCAndRestore", testGCAndRestore},
+		{"ClusterWithoutAgent", testClusterWithoutAgent},
 		{"Rules", testRules},
 	}
 	for _, tc := range tests {
@@ -123,7 +125,7 @@ func isErr(t *testing.T, what string, err, kind error) {
 
 func create(t *testing.T, e Env, name string) *api.Network {
 	t.Helper()
-	return must(e.Controller().CreateNetwork(ctx, e.Conf(name), false))
+	return must(e.Controller().CreateNetwork(ctx, api.CreateNetworkRequest{Config: e.Conf(name)}))
 }
 
 func connect(t *testing.T, e Env, ctr Container, network string) *api.Peer {
@@ -143,7 +145,7 @@ func testNetworks(t *testing.T, e Env) {
 		t.Errorf("created network %+v: want name, type, plugins, version, config and time", n)
 	}
 	create(t, e, "alpha")
-	_, err := c.CreateNetwork(ctx, e.Conf("alpha"), false)
+	_, err := c.CreateNetwork(ctx, api.CreateNetworkRequest{Config: e.Conf("alpha")})
 	isErr(t, "create an existing network", err, api.ErrExists)
 
 	nets := must(c.ListNetworks(ctx))
@@ -159,7 +161,7 @@ func testNetworks(t *testing.T, e Env) {
 	}
 	_, err = c.InspectNetwork(ctx, "gamma")
 	isErr(t, "inspect a missing network", err, api.ErrNotFound)
-	_, err = c.CreateNetwork(ctx, []byte(`{"cniVersion": "1.0.0", "name": "broken"`), false)
+	_, err = c.CreateNetwork(ctx, api.CreateNetworkRequest{Config: []byte(`{"cniVersion": "1.0.0", "name": "broken"`)})
 	isErr(t, "create from broken JSON", err, api.ErrInvalid)
 	if got := must(c.ListNetworks(ctx)); len(got) != 2 {
 		t.Errorf("a refused create changed the list: %d networks", len(got))
@@ -175,7 +177,7 @@ func testReplace(t *testing.T, e Env) {
 	before := inspect(t, e, "net")
 
 	conf := e.Conf("net")
-	n, err := c.CreateNetwork(ctx, conf, true)
+	n, err := c.CreateNetwork(ctx, api.CreateNetworkRequest{Config: conf, Force: true})
 	ok(t, err)
 	after := inspect(t, e, "net")
 	if !after.CreatedAt.Equal(before.CreatedAt) {
@@ -567,6 +569,27 @@ func testGCAndRestore(t *testing.T, e Env) {
 	}
 }
 
+// testClusterWithoutAgent: with no circuit-agent on the node, every
+// cluster command fails at once with ErrUnavailable and changes nothing.
+func testClusterWithoutAgent(t *testing.T, e Env) {
+	c := e.Controller()
+	_, err := c.CreateNetwork(ctx, api.CreateNetworkRequest{Config: e.Conf("shared"), Overlay: api.OverlayVXLAN})
+	isErr(t, "network create --overlay without an agent", err, api.ErrUnavailable)
+	_, err = c.InspectNetwork(ctx, "shared")
+	isErr(t, "inspect the network a refused create named", err, api.ErrNotFound)
+	_, err = c.ListNodes(ctx)
+	isErr(t, "node list without an agent", err, api.ErrUnavailable)
+	_, err = c.GCCluster(ctx, time.Hour, false)
+	isErr(t, "gc --cluster without an agent", err, api.ErrUnavailable)
+	s := svc("shared", "10.250.4.10:80")
+	s.Cluster = true
+	_, err = c.CreateService(ctx, s)
+	isErr(t, "lb create --cluster without an agent", err, api.ErrUnavailable)
+	if list := must(c.ListServices(ctx)); len(list) != 0 {
+		t.Errorf("a refused cluster service was recorded: %+v", list)
+	}
+}
+
 // testRules runs the shared rule table through the controller.
 func testRules(t *testing.T, e Env) {
 	c := e.Controller()
@@ -598,7 +621,7 @@ func tryRule(t *testing.T, e Env, ctr Container, i int, tc ruletable.Case) error
 	case ruletable.NetworkName:
 		conf := e.Conf("placeholder")
 		conf = []byte(strings.Replace(string(conf), `"placeholder"`, strconv.Quote(tc.Value), 1))
-		_, err := c.CreateNetwork(ctx, conf, false)
+		_, err := c.CreateNetwork(ctx, api.CreateNetworkRequest{Config: conf})
 		if err == nil {
 			ok(t, c.DeleteNetwork(ctx, tc.Value, false))
 		}

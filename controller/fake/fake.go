@@ -52,6 +52,7 @@ type Fake struct {
 	backends []string        // available, in the order "auto" tries them
 	shaped   map[string]bool // peer keys whose QoS the kernel holds
 	lbKernel map[string]bool // services the kernel holds
+	cluster  *cluster        // the circuit-agent this node has, if any
 
 	// Now stamps created objects; tests may replace it before use.
 	Now func() time.Time
@@ -80,6 +81,24 @@ func WithoutNetem() Option { return func(f *Fake) { f.netem = false } }
 // order "auto" tries them (default: ipvs, nftables).
 func WithBackends(names ...string) Option {
 	return func(f *Fake) { f.backends = slices.Clone(names) }
+}
+
+// cluster is a simulated circuit-agent and its cluster: nodes, each
+// network's next free block.
+type cluster struct {
+	node  string
+	nodes []api.Node
+	next  map[string]int
+}
+
+// WithCluster simulates a circuit-agent on node, in a cluster of these
+// nodes (node itself is added, ready). Without it, cluster commands fail
+// as they do with no agent running.
+func WithCluster(node string, others ...api.Node) Option {
+	return func(f *Fake) {
+		nodes := append([]api.Node{{Name: node, Address: "10.255.0.1", State: api.NodeReady, Blocks: []string{}}}, others...)
+		f.cluster = &cluster{node: node, nodes: nodes, next: map[string]int{}}
+	}
 }
 
 // New returns an empty Fake whose clock is fixed at 2016-10-12T18:45:27Z,
@@ -247,13 +266,21 @@ func (f *Fake) resolve(arg string) (id string, pid int, err error) {
 
 // --- networks ---------------------------------------------------------------
 
-func (f *Fake) CreateNetwork(ctx context.Context, config []byte, force bool) (*api.Network, error) {
+func (f *Fake) CreateNetwork(ctx context.Context, req api.CreateNetworkRequest) (*api.Network, error) {
 	return call(f, "CreateNetwork", func() (*api.Network, error) {
-		cfg, err := cni.Parse(config)
+		cfg, err := cni.Parse(req.Config)
 		if err != nil {
 			return nil, fmt.Errorf("create network: %w", err)
 		}
-		n, err := f.createNetwork(cfg, force)
+		if req.Overlay != "" {
+			n, err := f.createCluster(cfg, req)
+			if err != nil {
+				return nil, fmt.Errorf("create network %s: %w", cfg.Name, err)
+			}
+			out := cloneNetwork(n.net)
+			return &out, nil
+		}
+		n, err := f.createNetwork(cfg, req.Force)
 		if err != nil {
 			return nil, err
 		}
@@ -361,6 +388,98 @@ func (f *Fake) network(name string) (*network, error) {
 	return n, nil
 }
 
+// --- cluster ----------------------------------------------------------------
+
+// errNoAgent is what every cluster command meets without WithCluster.
+func (f *Fake) errNoAgent() error {
+	return api.Errorf(api.ErrUnavailable, "circuit-agent at /var/lib/circuit/agent.sock does not answer (is it running?)")
+}
+
+// createCluster makes a cluster network whose node holds the next block of
+// each of its ranges.
+func (f *Fake) createCluster(cfg *cni.Config, req api.CreateNetworkRequest) (*network, error) {
+	ranges, err := cni.IPAMRanges(cfg.Raw)
+	if err != nil {
+		return nil, err
+	}
+	cl := api.Cluster{Overlay: req.Overlay, BlockSize: req.BlockSize, BlockSize6: req.BlockSize6}
+	if err := api.ValidCluster(&cl, ranges); err != nil {
+		return nil, err
+	}
+	if f.cluster == nil {
+		return nil, f.errNoAgent()
+	}
+	if old, ok := f.networks[cfg.Name]; ok && (old.net.Cluster == nil || !req.Force) {
+		return nil, api.Errorf(api.ErrExists, "network %s exists", cfg.Name)
+	}
+	for _, r := range ranges {
+		p := netip.MustParsePrefix(r)
+		bits := cl.BlockSize
+		if p.Addr().Is6() {
+			bits = cl.BlockSize6
+		}
+		blocks, err := api.Blocks(p, bits)
+		if err != nil {
+			return nil, api.Errorf(api.ErrInvalid, "%v", err)
+		}
+		cl.Blocks = append(cl.Blocks, blocks[f.cluster.next[cfg.Name]%len(blocks)].String())
+	}
+	f.cluster.next[cfg.Name]++
+	cl.Node, cl.VNI = f.cluster.node, 4096+len(f.networks)
+	n, err := f.createNetwork(cfg, true)
+	if err != nil {
+		return nil, err
+	}
+	n.net.Cluster = &cl
+	n.subnet = netip.MustParsePrefix(cl.Blocks[0])
+	f.cluster.nodes[0].Blocks = append(f.cluster.nodes[0].Blocks, cl.Blocks...)
+	return n, nil
+}
+
+func (f *Fake) ListNodes(ctx context.Context) ([]api.Node, error) {
+	return call(f, "ListNodes", func() ([]api.Node, error) {
+		if f.cluster == nil {
+			return nil, fmt.Errorf("node list: %w", f.errNoAgent())
+		}
+		out := make([]api.Node, len(f.cluster.nodes))
+		for i, n := range f.cluster.nodes {
+			n.Blocks = slices.Clone(n.Blocks)
+			slices.Sort(n.Blocks)
+			out[i] = n
+		}
+		slices.SortFunc(out, func(a, b api.Node) int { return strings.Compare(a.Name, b.Name) })
+		return out, nil
+	})
+}
+
+// GCCluster gives back the blocks of lost nodes whose last sign of life is
+// older than grace (against the Fake's clock).
+func (f *Fake) GCCluster(ctx context.Context, grace time.Duration, dryRun bool) (*api.Report, error) {
+	return call(f, "GCCluster", func() (*api.Report, error) {
+		if f.cluster == nil {
+			return nil, fmt.Errorf("gc --cluster: %w", f.errNoAgent())
+		}
+		r := &api.Report{Actions: []string{}}
+		for i := range f.cluster.nodes {
+			n := &f.cluster.nodes[i]
+			if n.State != api.NodeLost || f.Now().Sub(n.LastSeen) <= grace {
+				continue
+			}
+			for _, b := range n.Blocks {
+				line := fmt.Sprintf("release block %s (node %s, lost since %s)", b, n.Name, n.LastSeen.UTC().Format(time.RFC3339))
+				if dryRun {
+					line = "would " + line
+				}
+				r.Actions = append(r.Actions, line)
+			}
+			if !dryRun {
+				n.Blocks = []string{}
+			}
+		}
+		return r, nil
+	})
+}
+
 // --- peers ------------------------------------------------------------------
 
 func (f *Fake) Connect(ctx context.Context, req api.ConnectRequest) (*api.Peer, error) {
@@ -418,6 +537,9 @@ func (f *Fake) connect(req api.ConnectRequest) (*api.Peer, error) {
 		Netns:       pinPath(n.net.Name, id, ifname),
 		State:       api.PeerConnected,
 		ConnectedAt: f.Now(),
+	}
+	if n.net.Cluster != nil {
+		p.Node = n.net.Cluster.Node
 	}
 	if pol, _ := api.Effective(n.net.QoS, nil); pol != nil {
 		f.shaped[key(p)] = true
@@ -661,6 +783,9 @@ func (f *Fake) CreateService(ctx context.Context, svc api.Service) (*api.Service
 func (f *Fake) createService(svc api.Service) (*api.Service, error) {
 	if err := api.NormalizeService(&svc); err != nil {
 		return nil, err
+	}
+	if svc.Cluster && f.cluster == nil {
+		return nil, f.errNoAgent()
 	}
 	b, err := f.backend(svc.Backend)
 	if err != nil {

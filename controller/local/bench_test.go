@@ -53,7 +53,7 @@ func benchConnectDisconnect(b *testing.B, ipMasq bool) {
   "ipMasq": %v, "isGateway": true,
   "ipam": {"type": "host-local", "subnet": "10.210.200.0/22", "dataDir": %q, "routes": [{"dst": "0.0.0.0/0"}]}
 }`, bridge, ipMasq, ipam)
-	if _, err := c.CreateNetwork(ctx, conf, false); err != nil {
+	if _, err := c.CreateNetwork(ctx, api.CreateNetworkRequest{Config: conf}); err != nil {
 		b.Fatal(err)
 	}
 	pid := fmt.Sprint(testutil.NewSleeper(b).PID)

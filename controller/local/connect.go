@@ -32,6 +32,9 @@ func (c *Controller) connect(ctx context.Context, req api.ConnectRequest) (*api.
 		return nil, err
 	}
 	cfg, err := loadConfig(n)
+	if n.Cluster != nil {
+		cfg, err = c.clusterConfig(n)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -72,6 +75,10 @@ func (c *Controller) connect(ctx context.Context, req api.ConnectRequest) (*api.
 		State:       api.PeerConnecting,
 		ConnectedAt: time.Now().UTC(),
 		Owner:       &self,
+	}
+	if n.Cluster != nil {
+		// Its DEL must run with the blocks and data dir of its ADD.
+		p.Node, p.Config = n.Cluster.Node, cfg.Raw
 	}
 	// Record intent first: a crash from here on leaves a record gc
 	// finishes. The interface name is chosen (or checked) in the same
@@ -202,6 +209,7 @@ func (c *Controller) connect(ctx context.Context, req api.ConnectRequest) (*api.
 	}
 	done = true
 	c.log.Debugf("connected %s (pid %d) to %s as %s: %v", p.ContainerID, p.PID, n.Name, p.IfName, p.IPs)
+	c.notify(ctx, n)
 	return p, nil
 }
 
@@ -429,6 +437,7 @@ func (c *Controller) detach(ctx context.Context, n *api.Network, p *api.Peer) er
 	})
 	if err == nil {
 		c.log.Debugf("disconnected %s from %s", p.ContainerID, n.Name)
+		c.notify(ctx, n)
 	}
 	return err
 }

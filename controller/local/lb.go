@@ -40,6 +40,13 @@ func (c *Controller) CreateService(ctx context.Context, svc api.Service) (*api.S
 	if err := api.NormalizeService(&svc); err != nil {
 		return nil, fmt.Errorf("lb create %s: %w", svc.Name, err)
 	}
+	if svc.Cluster {
+		s, err := c.createClusterService(ctx, svc)
+		if err != nil {
+			return nil, fmt.Errorf("lb create %s: %w", svc.Name, err)
+		}
+		return s, nil
+	}
 	unlock, err := c.lock(ctx, "lb")
 	if err != nil {
 		return nil, fmt.Errorf("lb create %s: %w", svc.Name, err)
@@ -178,6 +185,12 @@ func (c *Controller) changeTargets(ctx context.Context, name string, edit func(s
 
 // AddTargets adds real servers to a service.
 func (c *Controller) AddTargets(ctx context.Context, service string, targets []api.Target) error {
+	if svc, err := c.service(ctx, service); err == nil && svc.Cluster {
+		if err := c.clusterTargets(ctx, service, targets, nil); err != nil {
+			return fmt.Errorf("lb add %s: %w", service, err)
+		}
+		return nil
+	}
 	err := c.changeTargets(ctx, service, func(svc *api.Service) ([]api.Target, error) {
 		if len(targets) == 0 {
 			return nil, api.Errorf(api.ErrInvalid, "no target given")
@@ -203,6 +216,15 @@ func (c *Controller) AddTargets(ctx context.Context, service string, targets []a
 
 // RemoveTargets takes real servers out of a service.
 func (c *Controller) RemoveTargets(ctx context.Context, service string, targets []string) error {
+	if svc, err := c.service(ctx, service); err == nil && svc.Cluster {
+		if targets == nil {
+			targets = []string{}
+		}
+		if err := c.clusterTargets(ctx, service, nil, targets); err != nil {
+			return fmt.Errorf("lb remove %s: %w", service, err)
+		}
+		return nil
+	}
 	err := c.changeTargets(ctx, service, func(svc *api.Service) ([]api.Target, error) {
 		if len(targets) == 0 {
 			return nil, api.Errorf(api.ErrInvalid, "no target given")
@@ -239,6 +261,12 @@ func (c *Controller) DeleteService(ctx context.Context, service string) error {
 	svc, err := c.service(ctx, service)
 	if err != nil {
 		return fmt.Errorf("lb delete %s: %w", service, err)
+	}
+	if svc.Cluster {
+		if err := c.deleteClusterService(ctx, service); err != nil {
+			return fmt.Errorf("lb delete %s: %w", service, err)
+		}
+		return nil
 	}
 	if b, err := c.k.lb(svc.Backend); err == nil {
 		var derr error
@@ -305,6 +333,9 @@ func (c *Controller) restoreServices(ctx context.Context) ([]string, error) {
 	var acts []string
 	var errs []error
 	for _, svc := range svcs {
+		if svc.Cluster {
+			continue // every node's agent programs the cluster's services
+		}
 		act, err := c.restoreService(ctx, &svc)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("restore service %s: %w", svc.Name, err))

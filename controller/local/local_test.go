@@ -66,7 +66,7 @@ func (e *env) bridgeConf(name, subnet string) []byte {
 
 func (e *env) create(conf []byte) *api.Network {
 	e.t.Helper()
-	n, err := e.c.CreateNetwork(context.Background(), conf, false)
+	n, err := e.c.CreateNetwork(context.Background(), api.CreateNetworkRequest{Config: conf})
 	if err != nil {
 		e.t.Fatalf("create network: %v", err)
 	}
@@ -323,15 +323,15 @@ func TestBadInputChangesNothing(t *testing.T) {
 			return err
 		}},
 		{"path as name", api.ErrInvalid, func() error {
-			_, err := e.c.CreateNetwork(ctx, []byte(`{"cniVersion":"0.4.0","name":"../etc","type":"bridge"}`), false)
+			_, err := e.c.CreateNetwork(ctx, api.CreateNetworkRequest{Config: []byte(`{"cniVersion":"0.4.0","name":"../etc","type":"bridge"}`)})
 			return err
 		}},
 		{"path as type", api.ErrInvalid, func() error {
-			_, err := e.c.CreateNetwork(ctx, []byte(`{"cniVersion":"0.4.0","name":"x","type":"../../bin/sh"}`), false)
+			_, err := e.c.CreateNetwork(ctx, api.CreateNetworkRequest{Config: []byte(`{"cniVersion":"0.4.0","name":"x","type":"../../bin/sh"}`)})
 			return err
 		}},
 		{"duplicate name", api.ErrExists, func() error {
-			_, err := e.c.CreateNetwork(ctx, e.bridgeConf("keep", "10.210.8.0/24"), false)
+			_, err := e.c.CreateNetwork(ctx, api.CreateNetworkRequest{Config: e.bridgeConf("keep", "10.210.8.0/24")})
 			return err
 		}},
 		{"bad ifname", api.ErrInvalid, func() error {
@@ -431,7 +431,7 @@ func TestReplaceKeepsPeersConfiguration(t *testing.T) {
   "ipMasq": true, "isGateway": true,
   "ipam": {"type": "host-local", "subnet": "10.210.31.0/24", "dataDir": %q, "routes": [{"dst": "0.0.0.0/0"}]}
 }`, e.bridge, newData)
-	if _, err := e.c.CreateNetwork(ctx, conf, true); err != nil {
+	if _, err := e.c.CreateNetwork(ctx, api.CreateNetworkRequest{Config: conf, Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.c.Disconnect(ctx, api.DisconnectRequest{Container: p.ContainerID, Network: "moved"}); err != nil {

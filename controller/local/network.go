@@ -16,20 +16,32 @@ import (
 	"github.com/circuit-cni/circuit/pkg/cni"
 )
 
-// CreateNetwork validates a CNI configuration and stores it as given.
-func (c *Controller) CreateNetwork(ctx context.Context, raw []byte, force bool) (*api.Network, error) {
-	cfg, err := cni.Parse(raw)
+// CreateNetwork validates a CNI configuration and stores it as given; a
+// cluster network (an overlay asked for) is made by circuit-agent, which
+// shares it through etcd and gives this node its address blocks.
+func (c *Controller) CreateNetwork(ctx context.Context, req api.CreateNetworkRequest) (*api.Network, error) {
+	cfg, err := cni.Parse(req.Config)
 	if err != nil {
 		return nil, fmt.Errorf("create network: %w", err)
 	}
+	if req.Overlay != "" {
+		n, err := c.createCluster(ctx, cfg, req)
+		if err != nil {
+			return nil, fmt.Errorf("create network %s: %w", cfg.Name, err)
+		}
+		return n, nil
+	}
+	force := req.Force
 	n := networkFromConfig(cfg)
 	err = c.store.Update(ctx, func(tx ds.Tx) error {
 		old, err := tx.GetNetwork(n.Name)
 		switch {
+		case err == nil && old.Cluster != nil:
+			return api.Errorf(api.ErrExists, "create network %s: a cluster network of that name exists (replace it with --overlay %s --force)", n.Name, old.Cluster.Overlay)
 		case err == nil && !force:
 			return fmt.Errorf("create network %s: %w (use --force to replace it)", n.Name, api.ErrExists)
 		case err == nil:
-			n.CreatedAt, n.QoS = old.CreatedAt, old.QoS
+			n.CreatedAt, n.QoS, n.OwnedBridge = old.CreatedAt, old.QoS, old.OwnedBridge
 			if err := keepPeersConfig(tx, old, n); err != nil {
 				return err
 			}
@@ -81,6 +93,7 @@ func (c *Controller) InspectNetwork(ctx context.Context, name string) (*api.Netw
 	if err != nil {
 		return nil, fmt.Errorf("inspect network %s: %w", name, err)
 	}
+	c.clusterPeers(ctx, n)
 	return n, nil
 }
 
@@ -117,6 +130,21 @@ func (c *Controller) DeleteNetwork(ctx context.Context, name string, force bool)
 	n, err := c.network(ctx, name)
 	if err != nil {
 		return fmt.Errorf("delete network %s: %w", name, err)
+	}
+	if n.Cluster != nil {
+		// Every node's peers count: the agent refuses while any is there.
+		if len(n.Peers) > 0 && !force {
+			return fmt.Errorf("delete network %s: %w: %d container(s) connected here (disconnect them or use --force)", name, api.ErrInUse, len(n.Peers))
+		}
+		for _, p := range n.Peers {
+			if err := c.detach(ctx, n, &p); err != nil {
+				return fmt.Errorf("delete network %s: %w", name, err)
+			}
+		}
+		if err := c.deleteCluster(ctx, name, force); err != nil {
+			return fmt.Errorf("delete network %s: %w", name, err)
+		}
+		return nil
 	}
 	if len(n.Peers) > 0 && !force {
 		return fmt.Errorf("delete network %s: %w: %d container(s) connected (disconnect them or use --force)", name, api.ErrInUse, len(n.Peers))

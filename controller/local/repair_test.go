@@ -166,7 +166,7 @@ func TestGCDoesNotHoldTheLockDuringPlugins(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer gcCtl.Close()
-	if _, err := gcCtl.CreateNetwork(ctx, slow, false); err != nil {
+	if _, err := gcCtl.CreateNetwork(ctx, api.CreateNetworkRequest{Config: slow}); err != nil {
 		t.Fatal(err)
 	}
 	e.create(e.bridgeConf("fast", "10.210.23.0/24"))
@@ -217,7 +217,7 @@ func TestStateDirThroughSymlink(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer viaLink.Close()
-	if _, err := viaLink.CreateNetwork(ctx, e.bridgeConf("linked", "10.210.24.0/24"), false); err != nil {
+	if _, err := viaLink.CreateNetwork(ctx, api.CreateNetworkRequest{Config: e.bridgeConf("linked", "10.210.24.0/24")}); err != nil {
 		t.Fatal(err)
 	}
 	s := testutil.NewSleeper(t)
@@ -250,7 +250,7 @@ func TestPoststopFailuresOneLine(t *testing.T) {
 	defer c.Close()
 	for _, n := range []string{"faila", "failb"} {
 		conf := fmt.Appendf(nil, `{"cniVersion": "1.0.0", "name": %q, "plugins": [{"type": "circuit-test-plugin", "failDel": true}]}`, n)
-		if _, err := c.CreateNetwork(ctx, conf, false); err != nil {
+		if _, err := c.CreateNetwork(ctx, api.CreateNetworkRequest{Config: conf}); err != nil {
 			t.Fatal(err)
 		}
 	}

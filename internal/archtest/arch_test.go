@@ -34,7 +34,8 @@ var allowed = []struct {
 	{"ds", []string{"api"}, []string{"internal/ruletable"}},
 	{"controller/contract", []string{"api", "controller", "internal/ruletable"}, nil},
 	{"controller/fake", []string{"api", "controller", "pkg/cni", "pkg/lb", "pkg/qos"}, nil},
-	{"controller/local", []string{"api", "controller", "ds", "pkg"}, []string{"internal/ruletable"}},
+	{"controller/local", []string{"api", "agentapi", "controller", "ds", "pkg"}, []string{"internal/ruletable"}},
+	{"agentapi", []string{"api"}, nil},
 	{"controller", []string{"api"}, nil},
 }
 
