@@ -62,6 +62,9 @@ type Peer struct {
 	QoS         *QoSPolicy `json:"qos,omitempty"` // per-container override
 	// Node is the cluster node the peer is on (cluster networks only).
 	Node string `json:"node,omitempty"`
+	// Settings are what its connect asked the plugins for; its DEL passes
+	// the same.
+	Settings
 	// Owner is the circuit process connecting or disconnecting the peer,
 	// so gc can tell work in progress from work a killed process left.
 	Owner *Process `json:"owner,omitempty"`
@@ -82,13 +85,32 @@ type Process struct {
 	Start uint64 `json:"start"` // clock ticks since boot
 }
 
-// ConnectRequest names a container (PID or runc ID) and a network.
+// ConnectRequest names a container (PID or runc ID) and a network, and
+// what the plugins are asked for it (CNI capability arguments).
 type ConnectRequest struct {
 	Container string
 	Network   string
 	IfName    string // "" picks the first free ethN
 	// ContainerID, when set (hook mode), is the identity; Container is then the PID.
 	ContainerID string
+	Settings
+}
+
+// Settings are what a connect asks of the plugins beyond an interface:
+// each goes to the plugins that declare its capability.
+type Settings struct {
+	Publish      []PortMapping `json:"publish,omitempty"`      // portMappings
+	RequestedIPs []string      `json:"requestedIPs,omitempty"` // ips: addresses asked for
+	RequestedMAC string        `json:"requestedMAC,omitempty"` // mac
+	Aliases      []string      `json:"aliases,omitempty"`      // aliases
+	// Name is the container's name for plugins (CNI_ARGS K8S_POD_NAME):
+	// its runc ID, or one given for a plain process.
+	Name string `json:"name,omitempty"`
+}
+
+// IsZero reports whether nothing beyond an interface is asked for.
+func (s Settings) IsZero() bool {
+	return len(s.Publish) == 0 && len(s.RequestedIPs) == 0 && s.RequestedMAC == "" && len(s.Aliases) == 0 && s.Name == ""
 }
 
 type DisconnectRequest struct {
@@ -208,6 +230,9 @@ type HookRequest struct {
 	CNIConf     string   // CNI_CONF: a conf or conflist file
 	Networks    []string // CIRCUIT_NETWORK or the circuit.network annotation
 	IfName      string   // CIRCUIT_IFNAME
+	// Settings from the container's circuit.* annotations or the hook's
+	// CIRCUIT_PUBLISH, CIRCUIT_IP, CIRCUIT_MAC and CIRCUIT_ALIAS.
+	Settings
 }
 
 // HookResult says what a hook did, one line per action.

@@ -116,6 +116,22 @@ func (h *harness) lastGlobals() Globals {
 	return h.globals[len(h.globals)-1]
 }
 
+// capsConf writes a chain that takes every setting of a connect: a bridge
+// with the ips and mac capabilities, portmap and a plugin for aliases.
+func (h *harness) capsConf(name, subnet string) string {
+	h.t.Helper()
+	body := fmt.Sprintf(`{"cniVersion": "1.0.0", "name": %q, "plugins": [
+  {"type": "bridge", "bridge": "cni0", "isGateway": true, "capabilities": {"ips": true, "mac": true},
+   "ipam": {"type": "host-local", "subnet": %q}},
+  {"type": "portmap", "capabilities": {"portMappings": true}},
+  {"type": "dnsname", "capabilities": {"aliases": true}}]}`, name, subnet)
+	path := filepath.Join(h.t.TempDir(), name+".conflist")
+	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+		h.t.Fatal(err)
+	}
+	return path
+}
+
 // conf writes a CNI config like the README's and returns its path.
 func (h *harness) conf(name, typ, subnet string) string {
 	h.t.Helper()

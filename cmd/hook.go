@@ -134,6 +134,31 @@ func (a *app) hookRequest(st *specs.State) (api.HookRequest, error) {
 		req.Networks, req.CNIConf = nets, ""
 	}
 	req.IfName, _ = a.lookupEnv("CIRCUIT_IFNAME")
+	// What the container asks the plugins for: its annotations, else the
+	// hook entry's environment.
+	setting := func(annotation, env string) []string {
+		if v := splitNames(st.Annotations[annotation]); len(v) > 0 {
+			return v
+		}
+		v, _ := a.lookupEnv(env)
+		return splitNames(v)
+	}
+	for _, p := range setting("circuit.publish", "CIRCUIT_PUBLISH") {
+		m, err := api.ParsePublish(p)
+		if err != nil {
+			return req, fmt.Errorf("hook: %w", err)
+		}
+		req.Publish = append(req.Publish, m...)
+	}
+	req.RequestedIPs = setting("circuit.ip", "CIRCUIT_IP")
+	switch mac := setting("circuit.mac", "CIRCUIT_MAC"); len(mac) {
+	case 0:
+	case 1:
+		req.RequestedMAC = mac[0]
+	default:
+		return req, fmt.Errorf("hook: circuit.mac %q: one MAC, an interface has one", strings.Join(mac, ","))
+	}
+	req.Aliases = setting("circuit.alias", "CIRCUIT_ALIAS")
 	return req, nil
 }
 
@@ -211,13 +236,14 @@ func hookCommand(a *app) *cli.Command {
 }
 
 func hookFlags() []cli.Flag {
-	return []cli.Flag{
+	flags := []cli.Flag{
 		&cli.StringSliceFlag{Name: "network", Usage: "connect to network `NAME` (repeat or comma separate)"},
 		&cli.StringFlag{Name: "cni-conf", Usage: "connect to the network defined in `FILE` (a conf or conflist)"},
 		&cli.StringFlag{Name: "ifname", Usage: "interface `NAME` inside the container"},
 		&cli.BoolFlag{Name: "create-runtime", Usage: "use a createRuntime hook instead of the deprecated prestart"},
 		&cli.IntFlag{Name: "timeout", Value: DefaultHookTimeout, Usage: "`SECONDS` runc gives each hook before killing it; circuit gives up, undoing its work, a little before"},
 	}
+	return append(flags, settingsFlags()...)
 }
 
 // hookSet builds circuit's hook entries from the flags: the same entry for
@@ -246,6 +272,19 @@ func (a *app) hookSet(cmd *cli.Command) (ocistate.HookSet, error) {
 	}
 	if ifname := cmd.String("ifname"); ifname != "" {
 		env = append(env, "CIRCUIT_IFNAME="+ifname)
+	}
+	settings, err := parseSettings(cmd)
+	if err != nil {
+		return ocistate.HookSet{}, err
+	}
+	for _, kv := range []struct {
+		key  string
+		vals []string
+	}{{"CIRCUIT_PUBLISH", splitEach(cmd.StringSlice("publish"))}, {"CIRCUIT_IP", settings.RequestedIPs},
+		{"CIRCUIT_MAC", splitNames(settings.RequestedMAC)}, {"CIRCUIT_ALIAS", settings.Aliases}} {
+		if len(kv.vals) > 0 {
+			env = append(env, kv.key+"="+strings.Join(kv.vals, ","))
+		}
 	}
 	if len(a.cniFlag) > 0 {
 		env = append(env, "CNI_PATH="+strings.Join(a.cniFlag, string(filepath.ListSeparator)))

@@ -308,3 +308,67 @@ func TestHookLogNoSymlinkNoForeignDir(t *testing.T) {
 		t.Errorf("hook.log: %v %v", fi, err)
 	}
 }
+
+// What a container asks the plugins for comes from its annotations, else
+// the hook entry's environment; a bad one refuses the container in one line.
+func TestHookModeSettings(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.must("network", "create", h.capsConf("pub", "10.100.20.0/24"))
+	h.env["CIRCUIT_NETWORK"] = "pub"
+	h.env["CIRCUIT_PUBLISH"] = "9999:99" // the annotation wins
+	h.env["CIRCUIT_ALIAS"] = "from-env"
+	h.stdin = `{"ociVersion": "1.2.0", "id": "web-00", "status": "creating", "pid": 4668, "annotations": {
+		"circuit.publish": "8080:80, [fd00:20::1]:9000-9001:90-91/udp", "circuit.ip": "10.100.20.9", "circuit.mac": "02:42:0a:64:14:09"}}`
+	h.expect("")
+	got := h.fake.Hooks()[0].Settings
+	want := api.Settings{
+		Publish: []api.PortMapping{{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"},
+			{HostIP: "fd00:20::1", HostPort: 9000, ContainerPort: 90, Protocol: "udp"}, {HostIP: "fd00:20::1", HostPort: 9001, ContainerPort: 91, Protocol: "udp"}},
+		RequestedIPs: []string{"10.100.20.9"},
+		RequestedMAC: "02:42:0a:64:14:09",
+		Aliases:      []string{"from-env"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("settings:\n%+v\nwant:\n%+v", got, want)
+	}
+	peer := h.must("network", "inspect", "pub")
+	for _, w := range []string{`"hostPort": 9001`, `"requestedIPs": [`, `"requestedMAC": "02:42:0a:64:14:09"`, `"aliases": [`} {
+		if !strings.Contains(peer, w) {
+			t.Errorf("network inspect lacks %s:\n%s", w, peer)
+		}
+	}
+
+	for _, tc := range []struct{ annotations, want string }{
+		{`{"circuit.publish": "0:80"}`, `publish "0:80": host port: "0" is out of 1-65535`},
+		{`{"circuit.publish": "[::1]:8080:80"}`, "cannot DNAT IPv6 loopback"},
+		{`{"circuit.mac": "02:42:0a:64:14:0a,02:42:0a:64:14:0b"}`, "one MAC"},
+		{`{"circuit.mac": "01:00:5e:00:00:01"}`, "multicast"},
+		{`{"circuit.ip": "10.99.0.1"}`, "outside network pub's ranges"},
+		{`{"circuit.publish": "8080:8080"}`, "already published by container web-00"},
+	} {
+		before := h.must("network", "inspect", "pub")
+		h.stdin = `{"ociVersion": "1.2.0", "id": "web-01", "status": "creating", "pid": 4669, "annotations": ` + tc.annotations + `}`
+		r := h.run()
+		if r.err == nil || !strings.Contains(r.line(), tc.want) || strings.Count(r.line(), "\n") != 0 {
+			t.Errorf("%s: %q (%v), want one line with %q", tc.annotations, r.line(), r.err, tc.want)
+		}
+		if after := h.must("network", "inspect", "pub"); after != before {
+			t.Errorf("%s: a refused hook changed the network:\n%s", tc.annotations, after)
+		}
+	}
+
+	// hook config writes the settings into the hook's environment, and
+	// refuses the malformed ones there rather than at every start.
+	out := h.must("hook", "config", "--network", "pub", "--publish", "8080:80", "-p", "53:53/udp", "--ip", "10.100.20.7", "--mac", "02:42:0a:64:14:07", "--alias", "api")
+	for _, w := range []string{`"CIRCUIT_PUBLISH=8080:80,53:53/udp"`, `"CIRCUIT_IP=10.100.20.7"`, `"CIRCUIT_MAC=02:42:0a:64:14:07"`, `"CIRCUIT_ALIAS=api"`} {
+		if !strings.Contains(out, w) {
+			t.Errorf("hook config lacks %s:\n%s", w, out)
+		}
+	}
+	for _, args := range [][]string{{"--publish", "70000:80"}, {"--ip", "not-an-ip"}, {"--mac", "01:00:5e:00:00:01"}, {"--alias", "no spaces"}, {"--publish", ""}} {
+		if r := h.run(append([]string{"hook", "config", "--network", "pub"}, args...)...); ExitCode(r.err) != 2 || r.stdout != "" {
+			t.Errorf("hook config %q: exit %d, %q", args, ExitCode(r.err), r.line())
+		}
+	}
+}

@@ -26,6 +26,9 @@ func TestJSONSchema(t *testing.T) {
 		Owner: &api.Process{PID: 99, Start: 1234}}); err != nil {
 		t.Fatal(err)
 	}
+	h.must("network", "create", h.capsConf("web", "10.100.20.0/24"))
+	h.must("network", "connect", "--publish", "8080:80", "-p", "[fd00:20::1]:53:53/udp", "--ip", "10.100.20.9", "--mac", "02:42:0a:64:14:09",
+		"--alias", "www", "--name", "web-00", "4670", "web")
 	h.must("lb", "create", "demo", "192.168.100.235:80", "--persistence", "30s")
 	h.must("lb", "add", "demo", "10.254.1.196:80", "--weight", "3")
 	h.fake.SetServiceStats("demo", api.Counters{Connections: 12, Packets: 340, Bytes: 45000},

@@ -209,19 +209,102 @@ func ifnameFlag() *cli.StringFlag {
 	return &cli.StringFlag{Name: "ifname", Usage: "interface `NAME` inside the container (default: the first free ethN)"}
 }
 
+// settingsFlags are what a connect asks the plugins for, as podman's.
+func settingsFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringSliceFlag{Name: "publish", Aliases: []string{"p"}, Usage: "publish `[HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTOCOL]` on the host (ranges as 8000-8010:80-90; needs portmap)"},
+		&cli.StringSliceFlag{Name: "ip", Usage: "give the container `ADDR` (repeat for IPv4 and IPv6; needs the ips capability)"},
+		&cli.StringFlag{Name: "mac", Usage: "give the container's interface `MAC` (needs the mac capability)"},
+		&cli.StringSliceFlag{Name: "alias", Usage: "another `NAME` for the container, for DNS plugins (needs the aliases capability)"},
+	}
+}
+
+// parseSettings reads the settings flags; publish specs are parsed here, the
+// rest judged by the controller against the network. A flag given with an
+// empty value is a mistake, not "none".
+func parseSettings(cmd *cli.Command) (api.Settings, error) {
+	var s api.Settings
+	values := map[string][]string{}
+	for _, name := range []string{"publish", "ip", "alias"} {
+		for _, v := range cmd.StringSlice(name) {
+			for _, item := range strings.Split(v, ",") {
+				if item = strings.TrimSpace(item); item == "" {
+					return s, usageErrorf(cmd, "--%s needs a value", name)
+				}
+				values[name] = append(values[name], item)
+			}
+		}
+	}
+	for _, name := range []string{"mac", "name"} {
+		if cmd.IsSet(name) && strings.TrimSpace(cmd.String(name)) == "" {
+			return s, usageErrorf(cmd, "--%s needs a value", name)
+		}
+	}
+	for _, p := range values["publish"] {
+		m, err := api.ParsePublish(p)
+		if err != nil {
+			return s, usageErrorf(cmd, "--publish: %v", err)
+		}
+		s.Publish = append(s.Publish, m...)
+	}
+	// Their form is checked here too, so hook config and hook install
+	// never write a hook that can only fail; ranges and holders are the
+	// controller's to judge.
+	for _, ip := range values["ip"] {
+		if _, err := api.ValidRequestedIP(ip); err != nil {
+			return s, usageErrorf(cmd, "--ip: %v", err)
+		}
+	}
+	if mac := cmd.String("mac"); mac != "" {
+		if _, err := api.ValidMAC(mac); err != nil {
+			return s, usageErrorf(cmd, "--mac: %v", err)
+		}
+	}
+	for _, a := range values["alias"] {
+		if err := api.ValidAlias(a); err != nil {
+			return s, usageErrorf(cmd, "--alias: %v", err)
+		}
+	}
+	s.RequestedIPs = values["ip"]
+	s.RequestedMAC = cmd.String("mac")
+	s.Aliases = values["alias"]
+	return s, nil
+}
+
+// splitEach splits every value at commas and drops empty ones.
+func splitEach(vals []string) []string {
+	var out []string
+	for _, v := range vals {
+		out = append(out, splitNames(v)...)
+	}
+	return out
+}
+
 func networkConnectCommand(a *app) *cli.Command {
 	return &cli.Command{
 		Name:      "connect",
 		Usage:     "connect a container (runc ID or PID) to a network",
 		ArgsUsage: "CONTAINER NETWORK",
-		Flags:     []cli.Flag{ifnameFlag()},
+		Description: `The container's name reaches the plugins in CNI_ARGS (K8S_POD_NAME, with
+K8S_POD_NAMESPACE=circuit): its runc ID, or --name for a plain process.
+--publish, --ip, --mac and --alias go to the plugins that declare the
+matching capability (portMappings, ips, mac, aliases); one that no plugin
+of the network declares is refused before anything runs.`,
+		Flags: append([]cli.Flag{ifnameFlag(),
+			&cli.StringFlag{Name: "name", Usage: "the container's `NAME` for plugins, when it has no runc ID"},
+		}, settingsFlags()...),
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			if err := checkArgs(cmd, 2, 2); err != nil {
 				return err
 			}
 			container, network := cmd.Args().Get(0), cmd.Args().Get(1)
+			settings, err := parseSettings(cmd)
+			if err != nil {
+				return err
+			}
+			settings.Name = cmd.String("name")
 			return a.withController(ctx, func(c controller.Controller) error {
-				_, err := c.Connect(ctx, api.ConnectRequest{Container: container, Network: network, IfName: cmd.String("ifname")})
+				_, err := c.Connect(ctx, api.ConnectRequest{Container: container, Network: network, IfName: cmd.String("ifname"), Settings: settings})
 				if err != nil {
 					return err
 				}

@@ -17,6 +17,7 @@ func TestRules(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
 	h.must("network", "create", h.conf("rules", "bridge", "10.250.9.0/24"))
+	h.must("network", "create", h.capsConf("rulespub", "10.250.8.0/24"))
 	h.must("lb", "create", "rules", "10.250.2.10:80")
 	pid := strconv.Itoa(h.fake.Start())
 	for i, tc := range ruletable.Cases {
@@ -45,6 +46,12 @@ func TestRules(t *testing.T) {
 			case ruletable.IfName:
 				args = []string{"network", "connect", "--ifname=" + tc.Value, pid, "rules"}
 				undo = []string{"network", "disconnect", pid, "rules"}
+			case ruletable.Publish:
+				args = []string{"network", "connect", "--publish=" + tc.Value, pid, "rulespub"}
+				undo = []string{"network", "disconnect", pid, "rulespub"}
+			case ruletable.MAC:
+				args = []string{"network", "connect", "--mac=" + tc.Value, pid, "rulespub"}
+				undo = []string{"network", "disconnect", pid, "rulespub"}
 			case ruletable.Rate:
 				args, undo = []string{"network", "qos", "set", "--rate=" + tc.Value, "rules"}, []string{"network", "qos", "reset", "rules"}
 			case ruletable.ContainerID:

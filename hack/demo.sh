@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The seed's walkthrough, for real: a CNI network, a busybox runc container
-# connected to it, QoS, a load-balanced service, and everything removed
-# again. Each command is printed as a person would type it, with its output.
+# connected to it, QoS, a load-balanced service, a published port, and
+# everything removed again. Each command is printed as a person would type it, with its output.
 # Uses its own state dir (CIRCUIT_STATE) and bridge, so nothing else on the
 # host changes; the containers are web-00 and web-01 under runc's default root.
 set -euo pipefail
@@ -12,6 +12,7 @@ work=$(mktemp -d /tmp/circuit-demo.XXXXXX)
 export CIRCUIT_STATE=$work/state CNI_PATH=$root/bin/cni
 RUNC=runc
 bridge=cdemo0
+webbridge=cdemo1
 
 cleanup() {
 	set +e
@@ -22,7 +23,9 @@ cleanup() {
 	$RUNC delete -f web-01 >/dev/null 2>&1
 	circuit lb delete demo >/dev/null 2>&1
 	circuit network delete --force sandbox >/dev/null 2>&1
+	circuit network delete --force web >/dev/null 2>&1
 	ip link del "$bridge" >/dev/null 2>&1
+	ip link del "$webbridge" >/dev/null 2>&1
 	for p in "$work"/state/netns/*; do [ -e "$p" ] && umount -l "$p" 2>/dev/null; done
 	rm -rf "$work"
 }
@@ -104,6 +107,37 @@ if circuit lb --help >/dev/null 2>&1; then
 	show circuit lb show demo
 	show circuit lb delete demo
 fi
+
+# Publishing a port: a chain with portmap, and a fixed address.
+cat >"$work/web.conflist" <<CONF
+{
+    "cniVersion": "1.0.0",
+    "name": "web",
+    "plugins": [
+        {
+            "type": "bridge",
+            "bridge": "$webbridge",
+            "isGateway": true,
+            "ipMasq": true,
+            "capabilities": {"ips": true, "mac": true},
+            "ipam": {
+                "type": "host-local",
+                "subnet": "10.254.3.0/24",
+                "dataDir": "$work/ipam",
+                "routes": [{"dst": "0.0.0.0/0"}]
+            }
+        },
+        {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
+    ]
+}
+CONF
+show cat "$work/web.conflist"
+show circuit network create "$work/web.conflist"
+show circuit network connect --publish 8080:80 --ip 10.254.3.10 web-00 web
+show curl -s -m 5 http://10.254.3.1:8080/
+show circuit network disconnect web-00 web
+if curl -s -m 2 http://10.254.3.1:8080/ >/dev/null; then echo "demo: port 8080 still answers after disconnect"; exit 1; fi
+show circuit network delete web
 
 show circuit network disconnect "$pid" sandbox
 show circuit network disconnect web-01 sandbox

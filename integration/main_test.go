@@ -110,13 +110,14 @@ func (c *cli) pins() []string {
 }
 
 // natRulesFor lists NAT rules that name a container (plugins put its ID in
-// a rule comment), through iptables and nft alike.
+// a rule comment), through iptables and nft alike, without counters:
+// traffic moves them, and callers compare rules.
 func natRulesFor(id string) string {
 	ipt, _ := exec.Command("iptables-save", "-t", "nat").CombinedOutput()
-	nft, _ := exec.Command("nft", "list", "ruleset").CombinedOutput()
+	nft, _ := exec.Command("nft", "-s", "list", "ruleset").CombinedOutput()
 	var hits []string
 	for _, l := range strings.Split(string(ipt)+string(nft), "\n") {
-		if strings.Contains(l, id) {
+		if strings.Contains(l, id) && !strings.HasPrefix(l, ":") && !strings.HasPrefix(l, "#") { // policy counters, a timestamp
 			hits = append(hits, l)
 		}
 	}

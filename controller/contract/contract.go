@@ -13,6 +13,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -40,9 +42,12 @@ type Container struct {
 // test ends.
 type Env interface {
 	Controller() controller.Controller
-	// Conf returns a CNI configuration (bridge and host-local) for a new
-	// network called name; every call is for a different network.
+	// Conf returns a CNI configuration for a new network called name
+	// (bridge and host-local, declaring the ips and mac capabilities, then
+	// portmap with portMappings); every call is for a different network.
 	Conf(name string) []byte
+	// PlainConf is Conf without any capability.
+	PlainConf(name string) []byte
 	// Start starts a container with a network namespace of its own.
 	Start() Container
 	// Netem reports whether the kernel can delay, jitter and drop packets.
@@ -72,6 +77,10 @@ func Run(t *testing.T, newEnv func(t *testing.T) Env) {
 		{"HookErrors", testHookErrors},
 		{"GCAndRestore", testGCAndRestore},
 		{"ClusterWithoutAgent", testClusterWithoutAgent},
+		{"Publish", testPublish},
+		{"FixedAddressAndMAC", testFixedAddress},
+		{"SettingsNeedCapabilities", testSettingsNeedCapabilities},
+		{"HookSettings", testHookSettings},
 		{"Rules", testRules},
 	}
 	for _, tc := range tests {
@@ -569,6 +578,124 @@ func testGCAndRestore(t *testing.T, e Env) {
 	}
 }
 
+func connectWith(e Env, ctr Container, network string, s api.Settings) (*api.Peer, error) {
+	return e.Controller().Connect(ctx, api.ConnectRequest{Container: ctr.Ref, Network: network, Settings: s})
+}
+
+// testPublish: a published host port is recorded, held against every other
+// container until its peer goes, and given back.
+func testPublish(t *testing.T, e Env) {
+	c := e.Controller()
+	create(t, e, "pub")
+	create(t, e, "pub2")
+	a, b := e.Start(), e.Start()
+	web := []api.PortMapping{{HostPort: 18080, ContainerPort: 80, Protocol: "tcp"}}
+	p := must(connectWith(e, a, "pub", api.Settings{Publish: web}))
+	if len(p.Publish) != 1 || p.Publish[0] != web[0] {
+		t.Errorf("recorded publish %+v, want %+v", p.Publish, web)
+	}
+	// The same host port, on any network, any address of the host: refused.
+	for _, m := range []api.PortMapping{web[0], {HostIP: "10.250.5.1", HostPort: 18080, ContainerPort: 81, Protocol: "tcp"}} {
+		_, err := connectWith(e, b, "pub2", api.Settings{Publish: []api.PortMapping{m}})
+		isErr(t, fmt.Sprintf("publish %s twice", m), err, api.ErrExists)
+	}
+	if n := inspect(t, e, "pub2"); len(n.Peers) != 0 {
+		t.Errorf("a refused publish left peers: %+v", n.Peers)
+	}
+	// Another protocol or port is free.
+	must(connectWith(e, b, "pub2", api.Settings{Publish: []api.PortMapping{{HostPort: 18080, ContainerPort: 80, Protocol: "udp"}}}))
+	ok(t, c.Disconnect(ctx, api.DisconnectRequest{Container: a.Ref, Network: "pub"}))
+	// Given back: a third container may have it.
+	must(connectWith(e, e.Start(), "pub", api.Settings{Publish: web}))
+}
+
+// testFixedAddress: an address asked for lands exactly, is held against
+// the others, and is free again after its peer goes.
+func testFixedAddress(t *testing.T, e Env) {
+	c := e.Controller()
+	create(t, e, "fixed")
+	first := connect(t, e, e.Start(), "fixed")
+	pfx, err := netip.ParsePrefix(first.IPs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := pfx.Masked().Addr().As4()
+	want[3] = 200
+	ask := netip.AddrFrom4(want).String()
+	a := e.Start()
+	p := must(connectWith(e, a, "fixed", api.Settings{RequestedIPs: []string{ask}, RequestedMAC: "02:42:0a:fa:00:c8"}))
+	if len(p.IPs) != 1 || !strings.HasPrefix(p.IPs[0], ask+"/") || p.MAC != "02:42:0a:fa:00:c8" {
+		t.Errorf("peer got %v and %s, want %s and 02:42:0a:fa:00:c8", p.IPs, p.MAC, ask)
+	}
+	_, err = connectWith(e, e.Start(), "fixed", api.Settings{RequestedIPs: []string{ask}})
+	isErr(t, "an address another container holds", err, api.ErrExists)
+	_, err = connectWith(e, e.Start(), "fixed", api.Settings{RequestedIPs: []string{"10.199.199.199"}})
+	isErr(t, "an address outside the network's ranges", err, api.ErrInvalid)
+	_, err = connectWith(e, e.Start(), "fixed", api.Settings{RequestedMAC: "01:00:5e:00:00:01"})
+	isErr(t, "a multicast MAC", err, api.ErrInvalid)
+	if n := inspect(t, e, "fixed"); len(n.Peers) != 2 {
+		t.Errorf("refused connects left peers: %+v", n.Peers)
+	}
+	ok(t, c.Disconnect(ctx, api.DisconnectRequest{Container: a.Ref, Network: "fixed"}))
+	q := must(connectWith(e, e.Start(), "fixed", api.Settings{RequestedIPs: []string{ask}}))
+	if !strings.HasPrefix(q.IPs[0], ask+"/") {
+		t.Errorf("the address given back went to %v", q.IPs)
+	}
+}
+
+// testHookSettings: a hook's settings go with its first network (ports and
+// addresses are one network's), and a refused setting connects it to none.
+func testHookSettings(t *testing.T, e Env) {
+	c := e.Controller()
+	create(t, e, "front")
+	create(t, e, "back")
+	ctr := e.Start()
+	web := []api.PortMapping{{HostPort: 18095, ContainerPort: 80, Protocol: "tcp"}}
+	must(c.Hook(ctx, api.HookRequest{ID: "web-00", Status: "creating", PID: ctr.PID, Networks: []string{"front", "back"},
+		Settings: api.Settings{Publish: web, RequestedMAC: "02:42:0a:fa:00:c9"}}))
+	front, back := inspect(t, e, "front").Peers, inspect(t, e, "back").Peers
+	if len(front) != 1 || !reflect.DeepEqual(front[0].Publish, web) || front[0].MAC != "02:42:0a:fa:00:c9" {
+		t.Errorf("the first network's peer: %+v", front)
+	}
+	if len(back) != 1 || len(back[0].Publish) != 0 || back[0].RequestedMAC != "" {
+		t.Errorf("the second network's peer: %+v", back)
+	}
+	other := e.Start()
+	_, err := c.Hook(ctx, api.HookRequest{ID: "web-01", Status: "creating", PID: other.PID, Networks: []string{"back", "front"},
+		Settings: api.Settings{Publish: web}})
+	isErr(t, "a hook publishing a port another holds", err, api.ErrExists)
+	if len(inspect(t, e, "back").Peers) != 1 || len(inspect(t, e, "front").Peers) != 1 {
+		t.Error("a refused hook left a peer behind")
+	}
+	must(hook(e, ctr, "web-00", "stopped", "front", "back"))
+}
+
+// testSettingsNeedCapabilities: a setting no plugin of the network
+// declares is refused, naming the capability, and nothing runs.
+func testSettingsNeedCapabilities(t *testing.T, e Env) {
+	c := e.Controller()
+	must(c.CreateNetwork(ctx, api.CreateNetworkRequest{Config: e.PlainConf("plain")}))
+	ctr := e.Start()
+	for _, tc := range []struct {
+		s   api.Settings
+		cap string
+	}{
+		{api.Settings{Publish: []api.PortMapping{{HostPort: 18090, ContainerPort: 80, Protocol: "tcp"}}}, "portMappings"},
+		{api.Settings{RequestedIPs: []string{"10.0.0.5"}}, "ips"},
+		{api.Settings{RequestedMAC: "02:00:00:00:00:05"}, "mac"},
+		{api.Settings{Aliases: []string{"web"}}, "aliases"},
+	} {
+		_, err := connectWith(e, ctr, "plain", tc.s)
+		isErr(t, "a setting needing "+tc.cap, err, api.ErrInvalid)
+		if err != nil && (!strings.Contains(err.Error(), tc.cap) || !strings.Contains(err.Error(), "plain")) {
+			t.Errorf("%v: want the capability %s and the network named", err, tc.cap)
+		}
+	}
+	if n := inspect(t, e, "plain"); len(n.Peers) != 0 {
+		t.Errorf("refused connects left peers: %+v", n.Peers)
+	}
+}
+
 // testClusterWithoutAgent: with no circuit-agent on the node, every
 // cluster command fails at once with ErrUnavailable and changes nothing.
 func testClusterWithoutAgent(t *testing.T, e Env) {
@@ -665,8 +792,24 @@ func tryRule(t *testing.T, e Env, ctr Container, i int, tc ruletable.Case) error
 			must(hook(e, ctr, tc.Value, "stopped"))
 		}
 		return err
-	case ruletable.IfName:
-		_, err := c.Connect(ctx, api.ConnectRequest{Container: ctr.Ref, Network: "rules", IfName: tc.Value})
+	case ruletable.IfName, ruletable.Publish, ruletable.MAC:
+		req := api.ConnectRequest{Container: ctr.Ref, Network: "rules"}
+		switch tc.Kind {
+		case ruletable.IfName:
+			req.IfName = tc.Value
+		case ruletable.MAC:
+			if tc.Value == "" {
+				return api.Errorf(api.ErrInvalid, "--mac needs a value") // as the CLI refuses it
+			}
+			req.RequestedMAC = tc.Value
+		case ruletable.Publish:
+			m, err := api.ParsePublish(tc.Value)
+			if err != nil {
+				return err // refused before any controller is called
+			}
+			req.Publish = m
+		}
+		_, err := c.Connect(ctx, req)
 		if err == nil {
 			ok(t, c.Disconnect(ctx, api.DisconnectRequest{Container: ctr.Ref, Network: "rules"}))
 		}

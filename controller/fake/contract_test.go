@@ -22,6 +22,12 @@ var subnet atomic.Int32
 func (e fakeEnv) Controller() controller.Controller { return e.f }
 
 func (e fakeEnv) Conf(name string) []byte {
+	return fmt.Appendf(nil, `{"cniVersion": "1.0.0", "name": %q, "plugins": [
+	  {"type": "bridge", "capabilities": {"ips": true, "mac": true}, "ipam": {"type": "host-local", "subnet": "10.241.%d.0/24"}},
+	  {"type": "portmap", "capabilities": {"portMappings": true}}]}`, name, subnet.Add(1)%250)
+}
+
+func (e fakeEnv) PlainConf(name string) []byte {
 	return fmt.Appendf(nil, `{"cniVersion": "1.0.0", "name": %q, "type": "bridge", "ipam": {"type": "host-local", "subnet": "10.241.%d.0/24"}}`,
 		name, subnet.Add(1)%250)
 }

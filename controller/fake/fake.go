@@ -525,9 +525,16 @@ func (f *Fake) connect(req api.ConnectRequest) (*api.Peer, error) {
 			return nil, api.Errorf(api.ErrExists, "container %s is already connected to network %s (as %s)", req.Container, n.net.Name, q.IfName)
 		}
 	}
+	settings, err := f.checkSettings(n, req.Settings, id)
+	if err != nil {
+		return nil, err
+	}
 	ip, err := n.allocate()
 	if err != nil {
 		return nil, err
+	}
+	if len(settings.RequestedIPs) > 0 {
+		ip = settings.RequestedIPs[0] + "/" + strconv.Itoa(n.subnet.Bits())
 	}
 	seq := f.peerCount() + 1
 	p := api.Peer{
@@ -537,6 +544,10 @@ func (f *Fake) connect(req api.ConnectRequest) (*api.Peer, error) {
 		Netns:       pinPath(n.net.Name, id, ifname),
 		State:       api.PeerConnected,
 		ConnectedAt: f.Now(),
+		Settings:    settings,
+	}
+	if settings.RequestedMAC != "" {
+		p.MAC = settings.RequestedMAC
 	}
 	if n.net.Cluster != nil {
 		p.Node = n.net.Cluster.Node
@@ -547,6 +558,70 @@ func (f *Fake) connect(req api.ConnectRequest) (*api.Peer, error) {
 	n.net.Peers = append(n.net.Peers, p)
 	out := clonePeer(p)
 	return &out, nil
+}
+
+// checkSettings judges a connect's settings by the rules the local
+// controller applies: the network's capabilities, its ranges, what other
+// peers hold.
+func (f *Fake) checkSettings(n *network, s api.Settings, id string) (api.Settings, error) {
+	cfg, err := cni.Parse(n.net.Config)
+	if err != nil {
+		return s, err
+	}
+	caps := cfg.Capabilities()
+	for _, c := range []struct {
+		asked      bool
+		flag, need string
+	}{{len(s.Publish) > 0, "--publish", "portMappings"}, {len(s.RequestedIPs) > 0, "--ip", "ips"},
+		{s.RequestedMAC != "", "--mac", "mac"}, {len(s.Aliases) > 0, "--alias", "aliases"}} {
+		if c.asked && !caps[c.need] {
+			return s, api.Errorf(api.ErrInvalid, "%s needs a plugin with the %s capability, and network %s has none", c.flag, c.need, n.net.Name)
+		}
+	}
+	if s.Name != "" {
+		if err := api.ValidPodName(s.Name); err != nil {
+			return s, err
+		}
+	}
+	if s.RequestedMAC != "" {
+		if s.RequestedMAC, err = api.ValidMAC(s.RequestedMAC); err != nil {
+			return s, err
+		}
+	}
+	for _, a := range s.Aliases {
+		if err := api.ValidAlias(a); err != nil {
+			return s, err
+		}
+	}
+	for i, ip := range s.RequestedIPs {
+		a, err := api.ValidRequestedIP(ip)
+		if err != nil {
+			return s, err
+		}
+		if !n.subnet.Contains(a) {
+			return s, api.Errorf(api.ErrInvalid, "address %s is outside network %s's ranges [%s]", a, n.net.Name, n.subnet)
+		}
+		s.RequestedIPs[i] = a.String()
+		for _, q := range n.net.Peers {
+			for _, held := range q.IPs {
+				if pr, err := netip.ParsePrefix(held); err == nil && pr.Addr() == a {
+					return s, api.Errorf(api.ErrExists, "address %s is held by container %s on network %s", a, q.ContainerID, n.net.Name)
+				}
+			}
+		}
+	}
+	for _, other := range f.networks {
+		for _, q := range other.net.Peers {
+			for _, m := range s.Publish {
+				for _, o := range q.Publish {
+					if m.Conflicts(o) {
+						return s, api.Errorf(api.ErrExists, "host port %d/%s is already published by container %s on network %s (%s)", m.HostPort, m.Protocol, q.ContainerID, q.Network, o)
+					}
+				}
+			}
+		}
+	}
+	return s, nil
 }
 
 // freeIfName is the first ethN a process's namespace does not use.
@@ -993,7 +1068,11 @@ func (f *Fake) hookStart(req api.HookRequest) (*api.HookResult, error) {
 		if len(networks) == 1 {
 			ifname = req.IfName
 		}
-		p, err := f.connect(api.ConnectRequest{Container: strconv.Itoa(req.PID), ContainerID: req.ID, Network: name, IfName: ifname})
+		settings := api.Settings{Name: req.Name}
+		if name == networks[0] { // as the local controller: one network's ports and addresses
+			settings = req.Settings
+		}
+		p, err := f.connect(api.ConnectRequest{Container: strconv.Itoa(req.PID), ContainerID: req.ID, Network: name, IfName: ifname, Settings: settings})
 		if err != nil {
 			// All or nothing, as the local controller.
 			for _, d := range done {

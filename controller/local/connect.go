@@ -1,6 +1,7 @@
 package local
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -61,6 +62,10 @@ func (c *Controller) connect(ctx context.Context, req api.ConnectRequest) (*api.
 		return nil, api.Errorf(api.ErrExists, "container %s already has an interface %s", req.Container, req.IfName)
 	}
 
+	settings, err := c.checkSettings(n, cfg, req.Settings)
+	if err != nil {
+		return nil, err
+	}
 	self := c.k.procs.Self()
 	start, err := c.k.procs.StartTime(ctr.PID)
 	if err != nil {
@@ -75,6 +80,7 @@ func (c *Controller) connect(ctx context.Context, req api.ConnectRequest) (*api.
 		State:       api.PeerConnecting,
 		ConnectedAt: time.Now().UTC(),
 		Owner:       &self,
+		Settings:    settings,
 	}
 	if n.Cluster != nil {
 		// Its DEL must run with the blocks and data dir of its ADD.
@@ -100,6 +106,9 @@ func (c *Controller) connect(ctx context.Context, req api.ConnectRequest) (*api.
 		}
 		used, err := reservedNames(tx, p.ContainerID)
 		if err != nil {
+			return err
+		}
+		if err := settingsFree(tx, p); err != nil {
 			return err
 		}
 		p.IfName = req.IfName
@@ -156,6 +165,12 @@ func (c *Controller) connect(ctx context.Context, req api.ConnectRequest) (*api.
 		return nil, fmt.Errorf("CNI ADD: %w", err)
 	}
 	p.IPs, p.MAC, p.HostIf = res.IPs, res.MAC, res.HostIf
+	// A bridge the plugin has just made keeps its IPv6 gateway tentative
+	// for about a second, and published ports on it do not answer until
+	// then: connect returns when the network works.
+	if err := c.k.ns.WaitSettled(netns.ProcPath(self.PID), res.Gateways); err != nil {
+		c.log.WithError(err).Warn("gateway addresses still tentative")
+	}
 	// Older results (0.2.0) and some plugins leave these out: ask the kernel.
 	if p.MAC == "" || p.HostIf == "" {
 		if mac, hostIf, err := c.k.ns.LinkInfo(p.Netns, p.IfName, netns.ProcPath(self.PID)); err == nil {
@@ -294,10 +309,43 @@ func reservedNames(tx ds.Tx, containerID string) ([]string, error) {
 	return names, nil
 }
 
-// runtimeConf is what the plugins are told about a peer: its container's
-// ID as CNI accepts it, and its netns ("" once the namespace is gone).
+// runtimeConf is what the plugins are told about a peer, at its ADD and
+// every DEL alike: its container's ID as CNI accepts it, its netns (""
+// once the namespace is gone), its name in CNI_ARGS (the convention
+// podman's and containerd's CNI paths use, so plugins that resolve
+// containers by name work), and what its connect asked for as capability
+// arguments.
 func runtimeConf(p *api.Peer, nsPath string) cni.RuntimeConf {
-	return cni.RuntimeConf{ContainerID: api.CNIContainerID(p.ContainerID), Netns: nsPath, IfName: p.IfName}
+	id := api.CNIContainerID(p.ContainerID)
+	rc := cni.RuntimeConf{ContainerID: id, Netns: nsPath, IfName: p.IfName}
+	if name := cmp.Or(p.Name, p.ContainerID); name != "" {
+		rc.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAME", name}, {"K8S_POD_NAMESPACE", "circuit"}, {"K8S_POD_INFRA_CONTAINER_ID", id}}
+	}
+	caps := map[string]any{}
+	if len(p.Publish) > 0 {
+		var pm []map[string]any
+		for _, m := range p.Publish {
+			e := map[string]any{"hostPort": m.HostPort, "containerPort": m.ContainerPort, "protocol": m.Protocol}
+			if m.HostIP != "" {
+				e["hostIP"] = m.HostIP
+			}
+			pm = append(pm, e)
+		}
+		caps["portMappings"] = pm
+	}
+	if len(p.RequestedIPs) > 0 {
+		caps["ips"] = p.RequestedIPs
+	}
+	if p.RequestedMAC != "" {
+		caps["mac"] = p.RequestedMAC
+	}
+	if len(p.Aliases) > 0 {
+		caps["aliases"] = map[string][]string{p.Network: p.Aliases}
+	}
+	if len(caps) > 0 {
+		rc.Capabilities = caps
+	}
+	return rc
 }
 
 // release runs DEL for an attachment, then, if the chain's DEL fails, DEL

@@ -53,6 +53,16 @@ func (e *contractEnv) Conf(name string) []byte {
 	n := contractNet.Add(1) % 250
 	bridge := testutil.RandName("cct")
 	e.t.Cleanup(func() { exec.Command("ip", "link", "del", bridge).Run() })
+	return fmt.Appendf(nil, `{"cniVersion": "1.0.0", "name": %q, "plugins": [
+  {"type": "bridge", "bridge": %q, "isGateway": true, "capabilities": {"ips": true, "mac": true},
+   "ipam": {"type": "host-local", "subnet": "10.241.%d.0/24", "dataDir": %q}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}]}`, name, bridge, n, e.ipam)
+}
+
+func (e *contractEnv) PlainConf(name string) []byte {
+	n := contractNet.Add(1) % 250
+	bridge := testutil.RandName("cct")
+	e.t.Cleanup(func() { exec.Command("ip", "link", "del", bridge).Run() })
 	return fmt.Appendf(nil, `{
   "cniVersion": "1.0.0", "name": %q, "type": "bridge", "bridge": %q, "isGateway": true,
   "ipam": {"type": "host-local", "subnet": "10.241.%d.0/24", "dataDir": %q}

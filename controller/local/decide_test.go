@@ -90,6 +90,7 @@ func (f *fakeNS) ID(path string) (string, error) {
 	}
 	return "", fmt.Errorf("stat %s: no such file or directory", path)
 }
+func (f *fakeNS) WaitSettled(string, []string) error { return nil }
 func (f *fakeNS) LinkInfo(string, string, string) (string, string, error) {
 	return "02:00:00:00:00:01", "veth0", nil
 }

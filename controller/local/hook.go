@@ -51,7 +51,13 @@ func (c *Controller) hookStart(ctx context.Context, req api.HookRequest) (*api.H
 		if len(networks) == 1 {
 			ifname = req.IfName
 		}
-		p, err := c.Connect(ctx, api.ConnectRequest{Container: strconv.Itoa(req.PID), ContainerID: req.ID, Network: name, IfName: ifname})
+		// The settings go with the first network (ports and addresses
+		// are one network's); the name goes with every one.
+		settings := api.Settings{Name: req.Name}
+		if name == networks[0] {
+			settings = req.Settings
+		}
+		p, err := c.Connect(ctx, api.ConnectRequest{Container: strconv.Itoa(req.PID), ContainerID: req.ID, Network: name, IfName: ifname, Settings: settings})
 		if err != nil {
 			c.hookRollback(ctx, req, done)
 			return res, fmt.Errorf("hook %s: %w", req.ID, err)

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/pkg/cni"
@@ -51,6 +52,9 @@ type namespaces interface {
 	DeleteLink(nsPath, name string) error
 	// LinkInfo reads ifname's MAC and, for a veth, its host side's name.
 	LinkInfo(nsPath, ifname, hostPath string) (mac, hostIf string, err error)
+	// WaitSettled waits, a bounded time, until those of addrs assigned in
+	// the namespace have passed IPv6 duplicate address detection.
+	WaitSettled(nsPath string, addrs []string) error
 }
 
 // shaper installs and reads traffic control (pkg/qos).
@@ -99,6 +103,15 @@ func (hostNamespaces) IsNetns(path string) bool              { return netns.IsNe
 func (hostNamespaces) Same(a, b string) bool                 { return netns.Same(a, b) }
 func (hostNamespaces) ID(path string) (string, error)        { return netns.ID(path) }
 func (hostNamespaces) Links(nsPath string) ([]string, error) { return netns.LinkNames(nsPath) }
+
+// settleLimit bounds the wait for duplicate address detection: one probe a
+// second after a random delay of up to one more, by the kernel's defaults.
+const settleLimit = 3 * time.Second
+
+func (hostNamespaces) WaitSettled(nsPath string, addrs []string) error {
+	return netns.WaitSettled(nsPath, addrs, settleLimit)
+}
+
 func (hostNamespaces) LinkInfo(nsPath, ifname, hostPath string) (string, string, error) {
 	return netns.LinkInfo(nsPath, ifname, hostPath)
 }

@@ -83,6 +83,20 @@ type Peer struct {
 	// network's was replaced under it.
 	Config json.RawMessage `json:"config,omitempty"`
 	Node   string          `json:"node,omitempty"` // cluster networks: the peer's node
+	// What the connect asked the plugins for (capability arguments).
+	Publish      []PortMapping `json:"publish,omitempty"`
+	RequestedIPs []string      `json:"requestedIPs,omitempty"`
+	RequestedMAC string        `json:"requestedMAC,omitempty"`
+	Aliases      []string      `json:"aliases,omitempty"`
+	Name         string        `json:"name,omitempty"`
+}
+
+// PortMapping is a published port.
+type PortMapping struct {
+	HostIP        string `json:"hostIP,omitempty"`
+	HostPort      uint16 `json:"hostPort"`
+	ContainerPort uint16 `json:"containerPort"`
+	Protocol      string `json:"protocol"`
 }
 
 // Process identifies a process across PID reuse.
@@ -141,6 +155,10 @@ func EncodePeer(p *api.Peer) ([]byte, error) {
 		V: Version, Network: p.Network, ContainerID: p.ContainerID, PID: p.PID, IfName: p.IfName,
 		IPs: p.IPs, MAC: p.MAC, HostIf: p.HostIf, Netns: p.Netns, State: string(p.State),
 		ConnectedAt: p.ConnectedAt, QoS: encodeQoS(p.QoS), PIDStart: p.PIDStart, BootID: p.BootID, Config: p.Config, Node: p.Node,
+		RequestedIPs: p.RequestedIPs, RequestedMAC: p.RequestedMAC, Aliases: p.Aliases, Name: p.Name,
+	}
+	for _, m := range p.Publish {
+		r.Publish = append(r.Publish, PortMapping(m))
 	}
 	r.Owner = encodeProcess(p.Owner)
 	return json.Marshal(r)
@@ -156,6 +174,10 @@ func DecodePeer(b []byte) (*api.Peer, error) {
 		Network: r.Network, ContainerID: r.ContainerID, PID: r.PID, IfName: r.IfName,
 		IPs: r.IPs, MAC: r.MAC, HostIf: r.HostIf, Netns: r.Netns, State: api.PeerState(r.State),
 		ConnectedAt: r.ConnectedAt, QoS: decodeQoS(r.QoS), PIDStart: r.PIDStart, BootID: r.BootID, Config: r.Config, Node: r.Node,
+	}
+	p.Settings = api.Settings{RequestedIPs: r.RequestedIPs, RequestedMAC: r.RequestedMAC, Aliases: r.Aliases, Name: r.Name}
+	for _, m := range r.Publish {
+		p.Publish = append(p.Publish, api.PortMapping(m))
 	}
 	p.Owner = decodeProcess(r.Owner)
 	return p, nil

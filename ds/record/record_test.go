@@ -2,6 +2,7 @@ package record
 
 import (
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +15,9 @@ var at = time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
 func TestRoundTrip(t *testing.T) {
 	pol := &api.QoSPolicy{Rate: 5e6, Ceiling: 6e6, Delay: 50 * time.Millisecond, Jitter: time.Millisecond, Loss: 0.5, Direction: api.DirBoth}
 	n := &api.Network{Name: "n", Type: "bridge", Plugins: []string{"bridge", "portmap"}, CNIVersion: "1.1.0", IsList: true,
-		Config: []byte(`{"name":"n"}`), CreatedAt: at, QoS: pol}
+		Config: []byte(`{"name":"n"}`), CreatedAt: at, QoS: pol, OwnedBridge: "cni0", GC: &api.Process{PID: 8, Start: 88},
+		Cluster: &api.Cluster{Overlay: "vxlan", BlockSize: 26, BlockSize6: 120, Blocks: []string{"10.1.0.64/26"}, VNI: 4097, Node: "a"}}
+	allSet(t, *n, "Peers") // peers are records of their own
 	b, err := EncodeNetwork(n)
 	if err != nil {
 		t.Fatal(err)
@@ -23,7 +26,12 @@ func TestRoundTrip(t *testing.T) {
 		t.Errorf("network: %+v, %v", got, err)
 	}
 	p := &api.Peer{Network: "n", ContainerID: "c", PID: 3, IfName: "eth0", IPs: []string{"10.0.0.2/24"}, MAC: "02:00:00:00:00:01",
-		HostIf: "veth1", Netns: "/x", State: api.PeerConnecting, ConnectedAt: at, QoS: pol, Owner: &api.Process{PID: 9, Start: 99}}
+		HostIf: "veth1", Netns: "/x", State: api.PeerConnecting, ConnectedAt: at, QoS: pol, Owner: &api.Process{PID: 9, Start: 99},
+		Node: "a", PIDStart: 1234, BootID: "boot", Config: []byte(`{"name":"old"}`),
+		Settings: api.Settings{Publish: []api.PortMapping{{HostIP: "fd00::1", HostPort: 8080, ContainerPort: 80, Protocol: "tcp"}},
+			RequestedIPs: []string{"10.0.0.2"}, RequestedMAC: "02:00:00:00:00:01", Aliases: []string{"www"}, Name: "web"}}
+	allSet(t, *p)
+	allSet(t, p.Settings)
 	b, err = EncodePeer(p)
 	if err != nil {
 		t.Fatal(err)
@@ -43,6 +51,19 @@ func TestRoundTrip(t *testing.T) {
 	// Records are not the CLI's JSON: durations are nanoseconds.
 	if !strings.Contains(string(b), `"persistenceNanos":60000000000`) || !strings.Contains(string(b), `"v":2`) {
 		t.Errorf("service record %s", b)
+	}
+}
+
+// allSet fails when a field of v is zero: a field added to the api types
+// must be added to this round trip, or the datastore may drop it unseen.
+func allSet(t *testing.T, v any, except ...string) {
+	t.Helper()
+	rv := reflect.ValueOf(v)
+	for i := range rv.NumField() {
+		f := rv.Type().Field(i)
+		if f.IsExported() && rv.Field(i).IsZero() && !slices.Contains(except, f.Name) {
+			t.Errorf("%s.%s is not set in the round trip", rv.Type().Name(), f.Name)
+		}
 	}
 }
 

@@ -21,6 +21,8 @@ const (
 	Weight      Kind = "weight"
 	Rate        Kind = "rate"
 	Address     Kind = "service address"
+	Publish     Kind = "published port"
+	MAC         Kind = "MAC"
 )
 
 // Case is one input and its verdict.
@@ -139,6 +141,37 @@ var Cases = []Case{
 	{Address, "224.0.0.1:80", false},
 	{Address, "localhost:80", false},
 	{Address, "", false},
+
+	// podman's --publish; ports 1-65535, ranges of equal length.
+	{Publish, "18080:80", true},
+	{Publish, "127.0.0.1:18081:80", true},
+	{Publish, "[fd00:250::1]:18082:80/udp", true},
+	{Publish, "18083-18085:80-82", true},
+	{Publish, "0.0.0.0:18086:80/sctp", true},
+	{Publish, "0:80", false},
+	{Publish, "18087:0", false},
+	{Publish, "65536:80", false},
+	{Publish, "8000-8010:80-85", false},
+	{Publish, "8010-8000:90-80", false},
+	{Publish, "18088:80/icmp", false},
+	{Publish, "18088:80/TCP", false},
+	{Publish, "[::1]:18089:80", false},
+	{Publish, "localhost:18089:80", false},
+	{Publish, "224.0.0.1:18089:80", false},
+	{Publish, "18089", false},
+	{Publish, "10.250.0.1:18089", false},
+	{Publish, "", false},
+
+	// A container's MAC: six bytes, unicast, not all zero.
+	{MAC, "02:42:ac:11:00:02", true},
+	{MAC, "02-42-AC-11-00-03", true},
+	{MAC, "01:00:5e:00:00:01", false},
+	{MAC, "ff:ff:ff:ff:ff:ff", false},
+	{MAC, "00:00:00:00:00:00", false},
+	{MAC, "02:42:ac:11:00", false},
+	{MAC, "02:42:ac:11:00:02:03:04", false},
+	{MAC, "zz:42:ac:11:00:02", false},
+	{MAC, "", false},
 }
 
 // Of returns the cases of the given kinds.

@@ -5,7 +5,9 @@
 //	 "gcMillis": 0, "marker": "/tmp/x", "failAdd": false, "failDel": false}
 //
 // On ADD it passes on the previous result (or returns an empty one) after
-// addMillis; on DEL it succeeds after delMillis, on GC after gcMillis. Before it waits it
+// addMillis; on DEL it succeeds after delMillis, on GC after gcMillis.
+// The marker line also holds CNI_ARGS, and the capability arguments the
+// plugin got (its runtimeConfig) when it declares any. Before it waits it
 // appends its command to marker (one line per call), so a test can wait
 // for the event rather than a clock. failAdd and failDel make the call
 // fail. It changes nothing on the host.
@@ -28,6 +30,7 @@ type conf struct {
 	FailAdd    bool            `json:"failAdd"`
 	FailDel    bool            `json:"failDel"`
 	PrevResult json.RawMessage `json:"prevResult"`
+	Runtime    json.RawMessage `json:"runtimeConfig"`
 }
 
 func main() {
@@ -44,7 +47,7 @@ func main() {
 	}
 	if c.Marker != "" {
 		if f, err := os.OpenFile(c.Marker, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
-			fmt.Fprintf(f, "%s %s %s\n", cmd, os.Getenv("CNI_CONTAINERID"), os.Getenv("CNI_IFNAME"))
+			fmt.Fprintf(f, "%s %s %s args=%s runtimeConfig=%s\n", cmd, os.Getenv("CNI_CONTAINERID"), os.Getenv("CNI_IFNAME"), os.Getenv("CNI_ARGS"), c.Runtime)
 			f.Close()
 		}
 	}

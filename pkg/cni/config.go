@@ -153,3 +153,18 @@ func SameConfig(a, b []byte) bool {
 	var x, y any
 	return json.Unmarshal(a, &x) == nil && json.Unmarshal(b, &y) == nil && reflect.DeepEqual(x, y)
 }
+
+// Capabilities lists the capabilities the chain's plugins declare
+// ("capabilities": {"portMappings": true}): libcni passes a capability
+// argument only to those, and drops it silently when none does.
+func (c *Config) Capabilities() map[string]bool {
+	out := map[string]bool{}
+	for _, p := range c.List.Plugins {
+		for k, v := range p.Network.Capabilities {
+			if v {
+				out[k] = true
+			}
+		}
+	}
+	return out
+}

@@ -30,17 +30,24 @@ type RuntimeConf struct {
 	ContainerID string // CNI_CONTAINERID
 	Netns       string // "" when the namespace is gone
 	IfName      string
+	// Args are CNI_ARGS (key, value); Capabilities the capability
+	// arguments, each passed (as runtimeConfig) to the plugins that
+	// declare it.
+	Args         [][2]string
+	Capabilities map[string]any
 }
 
 func (a RuntimeConf) rt() *libcni.RuntimeConf {
-	return &libcni.RuntimeConf{ContainerID: a.ContainerID, NetNS: a.Netns, IfName: a.IfName}
+	return &libcni.RuntimeConf{ContainerID: a.ContainerID, NetNS: a.Netns, IfName: a.IfName,
+		Args: a.Args, CapabilityArgs: a.Capabilities}
 }
 
 // Result is what circuit keeps of a plugin chain's result.
 type Result struct {
-	IPs    []string // CIDR
-	MAC    string
-	HostIf string
+	IPs      []string // CIDR
+	Gateways []string // the IPs' gateways, where the result gives one
+	MAC      string
+	HostIf   string
 }
 
 // Add runs ADD through the chain.
@@ -109,6 +116,9 @@ func convert(res types.Result, ifname string) (*Result, error) {
 	out := &Result{}
 	for _, ip := range cur.IPs {
 		out.IPs = append(out.IPs, (&net.IPNet{IP: ip.Address.IP, Mask: ip.Address.Mask}).String())
+		if ip.Gateway != nil {
+			out.Gateways = append(out.Gateways, ip.Gateway.String())
+		}
 	}
 	// The container's interface has a sandbox; the host side of a veth is the
 	// last sandbox-less interface before it (bridge plugins list the bridge first).

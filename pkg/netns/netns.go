@@ -5,11 +5,13 @@ package netns
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -231,4 +233,48 @@ func DeleteLink(path, name string) error {
 		return fmt.Errorf("delete %s in %s: %w", name, path, err)
 	}
 	return nil
+}
+
+// WaitSettled waits, at most limit, until none of addrs that are assigned
+// in the namespace at path is still tentative (IPv6 duplicate address
+// detection, about a second on a new interface): until then the kernel
+// neither answers on such an address nor picks it as a source, so a bridge
+// the plugin has just made does not yet carry IPv6 traffic to its gateway.
+// Addresses not assigned there are no concern of it. It reports the
+// addresses still tentative when limit passed.
+func WaitSettled(path string, addrs []string, limit time.Duration) error {
+	want := map[string]bool{}
+	for _, a := range addrs {
+		if ip := net.ParseIP(a); ip != nil && ip.To4() == nil {
+			want[ip.String()] = true
+		}
+	}
+	if len(want) == 0 {
+		return nil
+	}
+	h, err := Handle(path)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	deadline := time.Now().Add(limit)
+	for {
+		list, err := h.AddrList(nil, netlink.FAMILY_V6)
+		if err != nil {
+			return fmt.Errorf("list addresses in %s: %w", path, err)
+		}
+		var tentative []string
+		for _, a := range list {
+			if want[a.IP.String()] && a.Flags&unix.IFA_F_TENTATIVE != 0 && a.Flags&unix.IFA_F_DADFAILED == 0 {
+				tentative = append(tentative, a.IP.String())
+			}
+		}
+		if len(tentative) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("addresses %v in %s still tentative after %s", tentative, path, limit)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -1,11 +1,15 @@
 package netns
 
 import (
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/circuit-cni/circuit/pkg/testutil"
 )
@@ -75,5 +79,46 @@ func TestPlainFileIsNotNetns(t *testing.T) {
 	os.WriteFile(f, nil, 0o600) // what a pin is after a reboot
 	if IsNetns(f) {
 		t.Fatal("a plain file counts as a namespace")
+	}
+}
+
+// An IPv6 address on a new interface is tentative for about a second: the
+// wait ends when the kernel would use it, and says which one it waited on.
+func TestWaitSettled(t *testing.T) {
+	testutil.RequireRoot(t)
+	s := testutil.NewSleeper(t)
+	path := ProcPath(s.PID)
+	err := Do(path, func() error {
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "a0"}, PeerName: "b0"}); err != nil {
+			return err
+		}
+		for _, name := range []string{"a0", "b0"} {
+			l, err := netlink.LinkByName(name)
+			if err != nil {
+				return err
+			}
+			if err := netlink.LinkSetUp(l); err != nil {
+				return err
+			}
+		}
+		l, _ := netlink.LinkByName("a0")
+		return netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("fd00:77::1"), Mask: net.CIDRMask(64, 128)}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WaitSettled(path, []string{"fd00:77::1"}, 0); err == nil || !strings.Contains(err.Error(), "fd00:77::1") {
+		t.Fatalf("a new address did not count as tentative: %v", err)
+	}
+	if err := WaitSettled(path, []string{"fd00:77::1", "fd00:77::99", "10.1.1.1"}, 3*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	h, _ := Handle(path)
+	defer h.Close()
+	addrs, _ := h.AddrList(nil, netlink.FAMILY_V6)
+	for _, a := range addrs {
+		if a.IP.Equal(net.ParseIP("fd00:77::1")) && a.Flags&unix.IFA_F_TENTATIVE != 0 {
+			t.Fatal("WaitSettled returned with the address still tentative")
+		}
 	}
 }
