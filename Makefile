@@ -10,8 +10,11 @@ export GOFLAGS := -mod=mod
 
 all: build cni
 
+# circuit (runc's hook and the CLI) and circuit-agent (the node agent that
+# holds etcd's client; circuit never links it).
 build:
 	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/circuit .
+	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/circuit-agent ./circuit-agent
 
 # The CNI plugins pinned in go.mod, for the tests and the demo.
 cni:
@@ -19,6 +22,7 @@ cni:
 
 install: build
 	install -D -m 0755 bin/circuit $(DESTDIR)$(PREFIX)/bin/circuit
+	install -D -m 0755 bin/circuit-agent $(DESTDIR)$(PREFIX)/bin/circuit-agent
 
 deps:
 	hack/deps.sh

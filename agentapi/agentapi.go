@@ -33,7 +33,7 @@ const (
 	PathNodes    = "/v1/nodes"               // GET
 	PathGC       = "/v1/gc"                  // POST
 	PathNotify   = "/v1/notify"              // POST: this node's peers changed
-	PathPeers    = "/v1/networks/%s/peers"   // GET: every node's peers of a cluster network
+	PathPeers    = "/v1/peers"               // GET ?network=NAME: Peers, every node's
 )
 
 // CreateNetwork asks for a cluster network.

@@ -102,7 +102,7 @@ func (c *Controller) clusterPeers(ctx context.Context, n *api.Network) {
 	var all agentapi.Peers
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if err := c.agent().Do(ctx, http.MethodGet, fmt.Sprintf(agentapi.PathPeers, url.PathEscape(n.Name)), nil, &all); err != nil {
+	if err := c.agent().Do(ctx, http.MethodGet, agentapi.PathPeers+"?network="+url.QueryEscape(n.Name), nil, &all); err != nil {
 		c.log.WithError(err).Debugf("other nodes' peers of %s", n.Name)
 		return
 	}

@@ -37,11 +37,21 @@ var allowed = []struct {
 	{"controller/local", []string{"api", "agentapi", "controller", "ds", "pkg"}, []string{"internal/ruletable"}},
 	{"agentapi", []string{"api"}, nil},
 	{"controller", []string{"api"}, nil},
+	{"agentapi", []string{"api"}, nil},
+	// The node agent: the cluster's state in etcd, the node's replica in
+	// its bolt store, configurations through pkg/cni; never the
+	// controllers or the CLI (circuit talks to it through agentapi).
+	{"agent", []string{"api", "agentapi", "ds", "pkg/cni"}, nil},
+	{"circuit-agent", []string{"agent", "api"}, nil},
 }
 
 // etcdClients are the only directories whose code may import etcd: the
 // circuit binary must not link it (see TestBinaryLinksNoEtcd).
-var etcdClients = []string{"ds/etcd"}
+var etcdClients = []string{"ds/etcd", "agent"}
+
+// agentUsers are the only directories whose code may import the agent:
+// circuit reaches it through agentapi's socket, never by linking it.
+var agentUsers = []string{"circuit-agent", "agent"}
 
 func root() string {
 	_, file, _, _ := runtime.Caller(0)
@@ -90,6 +100,9 @@ func TestLayering(t *testing.T) {
 			p, _ := strconv.Unquote(imp.Path.Value)
 			if strings.HasPrefix(p, "go.etcd.io/etcd/") && !ok(dir, etcdClients) {
 				t.Errorf("%s imports %s: only %v may use etcd", rel, p, etcdClients)
+			}
+			if (p == module+"/agent" || strings.HasPrefix(p, module+"/agent/")) && !ok(dir, agentUsers) {
+				t.Errorf("%s imports %s: only %v may link the agent", rel, p, agentUsers)
 			}
 		}
 		if rule < 0 {
