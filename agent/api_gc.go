@@ -86,6 +86,11 @@ func (a *Agent) gc(ctx context.Context, r *http.Request) (any, error) {
 		}
 		report.Actions = append(report.Actions, action)
 	}
+	if req.DryRun { // as circuit's own gc --dry-run says it
+		for i := range report.Actions {
+			report.Actions[i] = "would " + report.Actions[i]
+		}
+	}
 	return report, nil
 }
 

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -75,13 +76,25 @@ func (a *Agent) createNetwork(ctx context.Context, r *http.Request) (any, error)
 		if err != nil {
 			return change{}, err
 		}
-		return change{
+		ch := change{
 			cmps: []clientv3.Cmp{
 				clientv3.Compare(clientv3.CreateRevision(netKey), "=", 0),
 				clientv3.Compare(clientv3.ModRevision(a.k.vni), "=", vniRev),
 			},
 			ops: []clientv3.Op{clientv3.OpPut(netKey, string(data)), clientv3.OpPut(a.k.vni, strconv.Itoa(vni+1))},
-		}, nil
+		}
+		// The node that creates the network claims its first block of each
+		// family in the same transaction: the other agents, which see the
+		// network the moment it exists, could otherwise take every block
+		// before this node's reconcile, and a connect here right after
+		// the create would fail.
+		claims, err := a.firstClaims(s, n)
+		if err != nil {
+			return change{}, err
+		}
+		ch.cmps = append(ch.cmps, claims.cmps...)
+		ch.ops = append(ch.ops, claims.ops...)
+		return ch, nil
 	})
 	if err != nil {
 		return nil, err
@@ -108,6 +121,36 @@ func (a *Agent) createNetwork(ctx context.Context, r *http.Request) (any, error)
 	}
 	out.Peers = []api.Peer{}
 	return out, nil
+}
+
+// firstClaims claims, for a network being created, the lowest block of each
+// family whose key is free.
+func (a *Agent) firstClaims(s *snap, n *api.Network) (change, error) {
+	cands, err := candidates(n)
+	if err != nil {
+		return change{}, err
+	}
+	val, err := json.Marshal(blockValue{Node: a.cfg.Node, ClaimedAt: time.Now().UTC()})
+	if err != nil {
+		return change{}, err
+	}
+	var ch change
+	for _, f := range []family{4, 6} {
+		for _, b := range cands[f] {
+			key := a.k.block(n.Name, b)
+			kv, err := s.get(key)
+			if err != nil {
+				return change{}, err
+			}
+			if kv != nil || a.conflict(b) {
+				continue
+			}
+			ch.cmps = append(ch.cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+			ch.ops = append(ch.ops, clientv3.OpPut(key, string(val)))
+			break
+		}
+	}
+	return ch, nil
 }
 
 // clusterNetwork checks a create request and makes the network's record

@@ -121,6 +121,11 @@ func TestCompactionRelists(t *testing.T) {
 	b := startAgent(t, prefix, "b", "")
 	<-a.hold.set(true)
 	b.mustCreate(conf("late", "10.8.0.0/16"))
+	// A revision past the create's, so the compaction removes what a's
+	// held watch has yet to read.
+	if _, err := admin.Put(context.Background(), "/agent-test-unrelated", prefix); err != nil {
+		t.Fatal(err)
+	}
 	resp, err := admin.Get(context.Background(), "/")
 	if err != nil {
 		t.Fatal(err)

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export GOFLAGS=-mod=mod
 # The Makefile builds static binaries with cgo off; the race detector needs it.
 export CGO_ENABLED=1
-export CIRCUIT_TEST_CNI_PATH=$PWD/bin/cni CIRCUIT_TEST_BIN=$PWD/bin/circuit
+export CIRCUIT_TEST_CNI_PATH=$PWD/bin/cni CIRCUIT_TEST_BIN=$PWD/bin/circuit CIRCUIT_TEST_AGENT=$PWD/bin/circuit-agent
 log=$(mktemp -d)/host.log
 status=0
 

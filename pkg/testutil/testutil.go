@@ -42,9 +42,10 @@ func RepoRoot() string {
 }
 
 var (
-	buildMu  sync.Mutex
-	builtCNI string
-	builtBin string
+	buildMu    sync.Mutex
+	builtCNI   string
+	builtBin   string
+	builtAgent string
 )
 
 // CNIPath returns a directory holding the CNI plugins pinned in go.mod:
@@ -67,30 +68,39 @@ func CNIPath(t testing.TB) string {
 	return builtCNI
 }
 
-// CircuitBin returns the circuit binary: $CIRCUIT_TEST_BIN (set by the
-// Makefile), else a fresh static build in a temporary directory, so a test
-// never replaces the bin/circuit a developer built.
-func CircuitBin(t testing.TB) string {
+// CircuitBin returns the circuit binary: $CIRCUIT_TEST_BIN (set by
+// hack/test.sh), else a fresh static build in a temporary directory, so a
+// test never replaces the bin/circuit a developer built.
+func CircuitBin(t testing.TB) string { return binary(t, "CIRCUIT_TEST_BIN", &builtBin, ".", "circuit") }
+
+// AgentBin returns the circuit-agent binary: $CIRCUIT_TEST_AGENT (set by
+// hack/test.sh), else a fresh build as CircuitBin's.
+func AgentBin(t testing.TB) string {
+	return binary(t, "CIRCUIT_TEST_AGENT", &builtAgent, "./circuit-agent", "circuit-agent")
+}
+
+// binary is $env, else pkg built once per test process into *built.
+func binary(t testing.TB, env string, built *string, pkg, name string) string {
 	t.Helper()
-	if p := os.Getenv("CIRCUIT_TEST_BIN"); p != "" {
+	if p := os.Getenv(env); p != "" {
 		return p
 	}
 	buildMu.Lock()
 	defer buildMu.Unlock()
-	if builtBin == "" {
-		dir, err := os.MkdirTemp("", "circuit-test-bin")
+	if *built == "" {
+		dir, err := os.MkdirTemp("", name+"-test-bin")
 		if err != nil {
 			t.Fatal(err)
 		}
-		out := filepath.Join(dir, "circuit")
-		cmd := exec.Command("go", "build", "-o", out, ".")
+		out := filepath.Join(dir, name)
+		cmd := exec.Command("go", "build", "-o", out, pkg)
 		cmd.Dir, cmd.Env = RepoRoot(), append(os.Environ(), "CGO_ENABLED=0")
 		if b, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build circuit: %v\n%s", err, b)
+			t.Fatalf("build %s: %v\n%s", name, err, b)
 		}
-		builtBin = out
+		*built = out
 	}
-	return builtBin
+	return *built
 }
 
 // Busybox is the path of a static busybox.
