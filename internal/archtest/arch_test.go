@@ -39,9 +39,10 @@ var allowed = []struct {
 	{"controller", []string{"api"}, nil},
 	{"agentapi", []string{"api"}, nil},
 	// The node agent: the cluster's state in etcd, the node's replica in
-	// its bolt store, configurations through pkg/cni; never the
-	// controllers or the CLI (circuit talks to it through agentapi).
-	{"agent", []string{"api", "agentapi", "ds", "pkg/cni"}, nil},
+	// its bolt store, configurations through pkg/cni, the node's kernel
+	// through pkg/overlay and pkg/masq; never the controllers or the CLI
+	// (circuit talks to it through agentapi).
+	{"agent", []string{"api", "agentapi", "ds", "pkg/cni", "pkg/overlay", "pkg/masq"}, nil},
 	{"circuit-agent", []string{"agent", "api"}, nil},
 }
 
