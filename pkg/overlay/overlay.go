@@ -273,7 +273,7 @@ func (h *Handle) ensureDevice(n Network) (netlink.Link, int, error) {
 	if cur == nil {
 		vx := &netlink.Vxlan{
 			LinkAttrs: netlink.LinkAttrs{Name: n.Device, MTU: n.MTU, HardwareAddr: n.MAC},
-			VxlanId: n.VNI, VtepDevIndex: n.Parent, SrcAddr: n.Local.AsSlice(),
+			VxlanId:   n.VNI, VtepDevIndex: n.Parent, SrcAddr: n.Local.AsSlice(),
 			Port: Port, Learning: false,
 		}
 		if err := h.nl.LinkAdd(vx); err != nil {
