@@ -23,7 +23,10 @@ var errLeaseLost = errors.New("lease lost")
 // session after another, with backoff while etcd is unreachable. The
 // socket is served all along; what needs etcd answers unavailable.
 func (a *Agent) sessions(ctx context.Context) {
-	b := backoff{min: 100 * time.Millisecond, max: a.cfg.LeaseTTL}
+	// Retry well within a lease TTL: etcd back from an outage restores the
+	// old lease for one TTL, and a node that re-announces later shows lost
+	// for a moment, its overlay entries leaving the other nodes.
+	b := backoff{min: 100 * time.Millisecond, max: max(a.cfg.LeaseTTL/3, 100*time.Millisecond)}
 	for ctx.Err() == nil {
 		c, err := a.connect()
 		if err == nil {
