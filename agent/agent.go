@@ -18,11 +18,13 @@ import (
 
 // Agent is one node's circuit-agent.
 type Agent struct {
-	cfg   Config
-	log   *logrus.Entry
-	k     keys
-	local *bolt.Store // the node's circuit.db: the replica
-	view  *view
+	cfg     Config
+	log     *logrus.Entry
+	k       keys
+	local   *bolt.Store // the node's circuit.db: the replica
+	view    *view
+	dp      Dataplane // the node's kernel: overlays, masquerade
+	metrics *metrics
 
 	clientMu sync.Mutex
 	client   *clientv3.Client // nil until the first connect
@@ -33,8 +35,9 @@ type Agent struct {
 
 	// rec serializes reconciles (the loop's and the API's): a channel, so
 	// that an API request waits for it no longer than its deadline.
-	rec  chan struct{}
-	kick chan struct{} // a reconcile is wanted
+	rec         chan struct{}
+	kick        chan struct{} // a reconcile is wanted
+	overlayKick chan struct{} // an overlay pass is wanted
 
 	mu        sync.Mutex
 	conflicts map[string]bool // blocks etcd gave another node: never used here again
@@ -53,28 +56,47 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	dp := cfg.Dataplane
+	if dp == nil {
+		if dp, err = NewKernel(); err != nil {
+			local.Close()
+			return nil, err
+		}
+	}
 	k := newKeys(cfg.Prefix)
 	log := cfg.Log.WithField("node", cfg.Node)
 	return &Agent{
-		cfg: cfg, log: log, k: k, local: local, view: newView(k, log),
-		rec: make(chan struct{}, 1), kick: make(chan struct{}, 1),
+		cfg: cfg, log: log, k: k, local: local, view: newView(k, log), dp: dp, metrics: newMetrics(),
+		rec: make(chan struct{}, 1), kick: make(chan struct{}, 1), overlayKick: make(chan struct{}, 1),
 		conflicts: map[string]bool{}, warned: map[string]bool{},
 	}, nil
 }
 
 // Run serves the socket and keeps the node in the cluster until ctx ends;
 // then it stops serving, revokes its lease (the node shows lost at once)
-// and closes. It returns an error only if it could not start.
+// and closes. What it programmed into the kernel stays: containers keep
+// talking while the agent is away. It returns an error only if it could
+// not start.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.local.Close()
+	defer a.dp.Close()
 	srv, err := a.serve()
 	if err != nil {
 		return err
 	}
+	if a.cfg.MetricsAddr != "" {
+		stopMetrics, err := a.serveMetrics(ctx, a.cfg.MetricsAddr)
+		if err != nil {
+			srv.stop()
+			return err
+		}
+		defer stopMetrics()
+	}
 	a.log.Infof("circuit-agent serving %s; etcd %s, prefix %s", filepath.Join(a.cfg.StateDir, agentapi.SocketName), a.where(), a.cfg.Prefix)
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); a.reconciler(ctx) }()
+	go func() { defer wg.Done(); a.overlayLoop(ctx) }()
 	a.sessions(ctx)
 	wg.Wait()
 
@@ -118,10 +140,13 @@ func (a *Agent) call(ctx context.Context, what string, fn func(context.Context, 
 	}
 	ctx, cancel := context.WithTimeoutCause(ctx, a.cfg.RequestTimeout, errCallBound)
 	defer cancel()
-	if err := fn(ctx, c); err != nil {
-		return a.etcdErr(ctx, what, err)
+	start := time.Now()
+	err := fn(ctx, c)
+	if err != nil {
+		err = a.etcdErr(ctx, what, err)
 	}
-	return nil
+	a.metrics.etcdRequest(start, err)
+	return err
 }
 
 // warnOnce logs a warning the first time key is seen; forget lets it be

@@ -49,6 +49,11 @@ type Config struct {
 	RequestTimeout     time.Duration
 	Resync             time.Duration
 	Log                *logrus.Logger // nil: logrus's standard logger
+	// MetricsAddr is where /metrics is served (host:port); "" serves none.
+	MetricsAddr string
+	// Dataplane programs the node's kernel; nil opens the agent's own
+	// network namespace (NewKernel).
+	Dataplane Dataplane
 }
 
 // check fills defaults and refuses what the agent cannot run with.

@@ -5,7 +5,10 @@
 // etcd, and keeps a replica of what its node needs in the node's own
 // datastore (ds/bolt at <state>/circuit.db), where circuit reads it like
 // any local record. A connect or a start hook never waits on etcd: it uses
-// address blocks this node already holds.
+// address blocks this node already holds. It also programs the node's
+// kernel: a VXLAN overlay per cluster network that reaches every other
+// ready node's blocks, and masquerade of what leaves the cluster's ranges
+// (overlay.go; the netlink work is pkg/overlay's and pkg/masq's).
 //
 // circuit talks to the agent over a unix socket (package agentapi) for what
 // changes the cluster: network create and delete, cluster services, node
@@ -20,7 +23,7 @@
 //	P/cluster/services/<name>                       record.Service, Cluster true
 //	P/vni                                           the next VXLAN network identifier (from 4096)
 //	P/blocks/<network>/<block>                      {"node", "claimedAt"}; block is its CIDR, '/' as '_'
-//	P/nodes/<node>                                  {"name", "address", "lastSeen", "conflicts"}
+//	P/nodes/<node>                                  {"name", "address", "lastSeen", "conflicts", "vteps"}
 //	P/alive/<node>                                  the advertised address, on the node's lease
 //	P/peers/<node>/<network>/<containerID>/<ifname> record.Peer, Node set: the node's connected peers
 //
@@ -42,7 +45,9 @@
 //   - nodes/<node> is per node, persistent: a lost node stays listed with
 //     its address and when it was last seen (lastSeen, refreshed every half
 //     lease TTL), which gc's grace is measured from. conflicts lists blocks
-//     the node's replica held but etcd gave another node.
+//     the node's replica held but etcd gave another node. vteps maps each
+//     network the node replicates to its VTEP MAC ({"mac"}): the others
+//     send that network's frames for the node's blocks there, at address.
 //   - alive/<node> is the only leased key: the node is ready while it
 //     exists and lost after its agent stopped (the lease is revoked) or was
 //     cut off for a lease TTL.
@@ -71,8 +76,15 @@
 // ranges have, one more when free addresses fall below a quarter of a
 // block's), writes the replica (replica.go: only the fields the cluster
 // owns, on the record as it is inside the bolt transaction) and publishes
-// the node's peers (peers.go). Claims are seen back through the watch
-// before the replica is written.
+// the node's peers (peers.go) and, when a network came or went, its VTEPs.
+// Claims are seen back through the watch before the replica is written.
+//
+// The overlay loop (overlay.go) runs beside the reconciles: at every
+// change of the view it plans what the kernel should hold from the view
+// alone and programs the difference through the Dataplane, so no etcd
+// request stands between a change elsewhere and this node's routes. It
+// leaves the kernel alone until the first listing, and the agent removes
+// nothing when it stops: containers keep talking while it is away.
 //
 // # Bounds
 //

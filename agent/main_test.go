@@ -161,6 +161,7 @@ func newAgent(t *testing.T, prefix, node, state string, cfg ...func(*Config)) *t
 	c := Config{
 		Endpoints: []string{endpoint}, Prefix: prefix, Node: node, StateDir: state, AdvertiseAddr: "127.0.0.1",
 		LeaseTTL: 2 * time.Second, RequestTimeout: 2 * time.Second, Resync: 30 * time.Second, Log: log,
+		Dataplane: newFakeDataplane(), // never the test process's own kernel
 	}
 	for _, f := range cfg {
 		f(&c)

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"reflect"
 	"slices"
 	"time"
 
@@ -32,8 +33,10 @@ func (a *Agent) reconciler(ctx context.Context) {
 		if err := a.lock(ctx); err != nil {
 			return
 		}
+		start := time.Now()
 		err := a.reconcile(ctx, "")
 		a.unlock()
+		a.metrics.reconciled("cluster", start, err)
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -91,13 +94,33 @@ func (a *Agent) reconcile(ctx context.Context, network string) error {
 		}
 		st = a.view.snapshot()
 	}
+	mtu := a.overlayMTU()
 	if network != "" {
-		errs = append(errs, a.replicateNetwork(ctx, st, network))
+		errs = append(errs, a.replicateNetwork(ctx, st, network, mtu))
 	} else {
-		errs = append(errs, a.replicate(ctx, st))
+		errs = append(errs, a.replicate(ctx, st, mtu))
 	}
-	errs = append(errs, a.publish(ctx, network))
+	errs = append(errs, a.publishVTEPs(ctx), a.publish(ctx, network))
+	a.kickOverlay()
 	return errors.Join(errs...)
+}
+
+// publishVTEPs refreshes nodes/<node> when the VTEPs it publishes are not
+// those of the replica (a network came or went): the other nodes then
+// learn at once, not at the next heartbeat, how to reach this node's blocks.
+func (a *Agent) publishVTEPs(ctx context.Context) error {
+	want, err := a.vteps(ctx)
+	if err != nil {
+		return err
+	}
+	st := a.view.snapshot()
+	if st == nil {
+		return nil
+	}
+	if have, ok := st.nodes[a.cfg.Node]; ok && reflect.DeepEqual(have.VTEPs, want) && have.Address == a.cfg.AdvertiseAddr {
+		return nil
+	}
+	return a.putNode(ctx)
 }
 
 // waitRev waits, within a request's bound, until the view has seen rev:

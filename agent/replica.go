@@ -19,10 +19,10 @@ import (
 
 // replicate brings the replica to st: every cluster network with this
 // node's blocks, every cluster service; what left etcd leaves the replica.
-func (a *Agent) replicate(ctx context.Context, st *state) error {
+func (a *Agent) replicate(ctx context.Context, st *state, mtu int) error {
 	var errs []error
 	for _, cn := range st.networks {
-		errs = append(errs, a.replicateNetwork(ctx, st, cn.net.Name))
+		errs = append(errs, a.replicateNetwork(ctx, st, cn.net.Name, mtu))
 	}
 	for _, s := range st.services {
 		errs = append(errs, a.replicateService(ctx, st, s.Name))
@@ -49,7 +49,7 @@ func (a *Agent) replicate(ctx context.Context, st *state) error {
 	})
 	errs = append(errs, err)
 	for _, n := range nets {
-		errs = append(errs, a.replicateNetwork(ctx, st, n))
+		errs = append(errs, a.replicateNetwork(ctx, st, n, mtu))
 	}
 	for _, s := range svcs {
 		errs = append(errs, a.replicateService(ctx, st, s))
@@ -58,10 +58,11 @@ func (a *Agent) replicate(ctx context.Context, st *state) error {
 }
 
 // replicateNetwork brings one network's replica to st: created or updated
-// with the cluster's fields and this node's blocks, or deleted once gone
-// from etcd (kept, and logged, while local peers use it). A local network
-// of the same name is never touched.
-func (a *Agent) replicateNetwork(ctx context.Context, st *state, name string) error {
+// with the cluster's fields, this node's blocks and its overlay's MTU (0:
+// unknown, the replica's is kept), or deleted once gone from etcd (kept,
+// and logged, while local peers use it). A local network of the same name
+// is never touched.
+func (a *Agent) replicateNetwork(ctx context.Context, st *state, name string, mtu int) error {
 	cn, inCluster := st.networks[name]
 	var blocks []string
 	if inCluster {
@@ -114,7 +115,10 @@ func (a *Agent) replicateNetwork(ctx context.Context, st *state, name string) er
 			want = *cur // circuit's fields stay as they are
 		}
 		c := *cn.net.Cluster
-		c.Blocks, c.Node = blocks, a.cfg.Node
+		c.Blocks, c.Node, c.MTU = blocks, a.cfg.Node, mtu
+		if mtu == 0 && cur != nil && cur.Cluster != nil {
+			c.MTU = cur.Cluster.MTU
+		}
 		want.Config, want.Type, want.Plugins = cn.net.Config, cn.net.Type, slices.Clone(cn.net.Plugins)
 		want.CNIVersion, want.IsList, want.Cluster = cn.net.CNIVersion, cn.net.IsList, &c
 		if cur != nil && reflect.DeepEqual(*cur, want) {

@@ -23,7 +23,10 @@ var errLeaseLost = errors.New("lease lost")
 // session after another, with backoff while etcd is unreachable. The
 // socket is served all along; what needs etcd answers unavailable.
 func (a *Agent) sessions(ctx context.Context) {
-	b := backoff{min: 100 * time.Millisecond, max: a.cfg.LeaseTTL}
+	// Retry well within a lease TTL: etcd back from an outage restores the
+	// old lease for one TTL, and a node that re-announces later shows lost
+	// for a moment, its overlay entries leaving the other nodes.
+	b := backoff{min: 100 * time.Millisecond, max: max(a.cfg.LeaseTTL/3, 100*time.Millisecond)}
 	for ctx.Err() == nil {
 		c, err := a.connect()
 		if err == nil {
@@ -174,8 +177,12 @@ func (a *Agent) nodeRecord(ctx context.Context) (string, error) {
 		a.loaded = true
 		a.mu.Unlock()
 	}
+	vteps, err := a.vteps(ctx)
+	if err != nil {
+		return "", fmt.Errorf("read the replica's networks: %w", err)
+	}
 	a.mu.Lock()
-	v := nodeValue{Name: a.cfg.Node, Address: a.cfg.AdvertiseAddr, LastSeen: time.Now().UTC(), Conflicts: sortedKeys(a.conflicts)}
+	v := nodeValue{Name: a.cfg.Node, Address: a.cfg.AdvertiseAddr, LastSeen: time.Now().UTC(), Conflicts: sortedKeys(a.conflicts), VTEPs: vteps}
 	a.mu.Unlock()
 	b, err := json.Marshal(v)
 	return string(b), err
@@ -251,13 +258,16 @@ func (a *Agent) follow(ctx context.Context, c *clientv3.Client, rev int64) error
 		switch {
 		case errors.Is(err, rpctypes.ErrCompacted):
 			a.log.Warnf("watch fell behind etcd's compaction (at revision %d): listing again", rev)
+			a.metrics.watch.WithLabelValues("compacted").Inc()
 		case errors.Is(err, errResync):
 			a.log.Debug("periodic resync: listing again")
+			a.metrics.watch.WithLabelValues("resync").Inc()
 		case errors.Is(err, errHeld):
 			a.hold.wait(ctx)
 			continue // from where it was, as a watch that lagged would
 		default:
 			a.log.Warnf("watch: %v: listing again", err)
+			a.metrics.watch.WithLabelValues("error").Inc()
 		}
 		if rev, err = a.list(ctx); err != nil {
 			return err

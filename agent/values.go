@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"iter"
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -22,6 +24,15 @@ type nodeValue struct {
 	Address   string    `json:"address"`
 	LastSeen  time.Time `json:"lastSeen"`
 	Conflicts []string  `json:"conflicts,omitempty"`
+	// VTEPs are the node's overlay endpoints, by network: the other nodes
+	// send frames for its blocks to this MAC at Address. Absent in the
+	// records of agents before the overlay, which read past it.
+	VTEPs map[string]vtepValue `json:"vteps,omitempty"`
+}
+
+// vtepValue is one of a node's VXLAN tunnel endpoints.
+type vtepValue struct {
+	MAC string `json:"mac"`
 }
 
 // comparePrefix orders blocks by address, IPv4 first, then by length.
@@ -46,3 +57,5 @@ func sortedCIDRs(blocks []netip.Prefix) []string {
 	}
 	return out
 }
+
+func mapKeys[K comparable, V any](m map[K]V) iter.Seq[K] { return maps.Keys(m) }

@@ -126,6 +126,13 @@ func (v *view) notify() {
 	v.changed = make(chan struct{})
 }
 
+// changes is closed at the view's next change.
+func (v *view) changes() <-chan struct{} {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.changed
+}
+
 // snapshot is a copy of the view; nil before the first listing.
 func (v *view) snapshot() *state {
 	v.mu.Lock()

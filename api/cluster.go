@@ -30,6 +30,10 @@ type Cluster struct {
 	VNI int `json:"vni,omitempty"`
 	// Node is this node's name (a node's replica of the network).
 	Node string `json:"node,omitempty"`
+	// MTU is the overlay's on this node (its underlay's less VXLAN's
+	// overhead), as its agent found it: circuit gives containers this MTU.
+	// 0 until the agent found the underlay.
+	MTU int `json:"mtu,omitempty"`
 }
 
 // NodeState is a cluster node's state: ready while its agent's lease

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -93,6 +94,7 @@ what this node needs in its local datastore. See docs/multihost.md.`,
 			&cli.DurationFlag{Name: "lease-ttl", Usage: "the node shows lost this long after its agent last reached etcd", Value: agent.DefaultLeaseTTL},
 			&cli.DurationFlag{Name: "request-timeout", Usage: "bound of each request to etcd (below circuit's 5s)", Value: agent.DefaultRequestTimeout},
 			&cli.DurationFlag{Name: "resync", Usage: "list everything and reconcile this often, whatever the watch says", Value: agent.DefaultResync},
+			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on `HOST:PORT` (/metrics); none by default"},
 			&cli.BoolFlag{Name: "debug", Usage: "log debug messages"},
 			&cli.BoolFlag{Name: "version", Aliases: []string{"v"}, Usage: "print the version"},
 		},
@@ -155,6 +157,11 @@ func config(ctx context.Context, cmd *cli.Command, stderr io.Writer) (agent.Conf
 	if err := api.ValidNodeName(node); err != nil {
 		return cfg, usagef("--node: %v", err)
 	}
+	if m := cmd.String("metrics-addr"); m != "" {
+		if _, _, err := net.SplitHostPort(m); err != nil {
+			return cfg, usagef("--metrics-addr %q: want HOST:PORT", m)
+		}
+	}
 	for _, f := range []string{"lease-ttl", "request-timeout", "resync"} {
 		if cmd.Duration(f) <= 0 {
 			return cfg, usagef("--%s %s: must be positive", f, cmd.Duration(f))
@@ -179,6 +186,6 @@ func config(ctx context.Context, cmd *cli.Command, stderr io.Writer) (agent.Conf
 		Endpoints: st.Endpoints, TLS: cfg.TLS, Username: st.Username, Password: st.Password,
 		Prefix: cmd.String("store-prefix"), Node: node, StateDir: cmd.String("state"), AdvertiseAddr: addr,
 		LeaseTTL: cmd.Duration("lease-ttl"), RequestTimeout: cmd.Duration("request-timeout"), Resync: cmd.Duration("resync"),
-		Log: log,
+		MetricsAddr: cmd.String("metrics-addr"), Log: log,
 	}, nil
 }

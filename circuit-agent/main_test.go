@@ -22,6 +22,7 @@ func TestUsageErrors(t *testing.T) {
 		{"--store", "etcd://127.0.0.1:2379", "--store-cacert", "/nonexistent"},
 		{"--store", "https://127.0.0.1:2379", "--store-cert", "/nonexistent"},
 		{"--store", "etcd://127.0.0.1:2379", "extra"},
+		{"--store", "etcd://127.0.0.1:2379", "--metrics-addr", "9464"},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(context.Background(), append([]string{"circuit-agent"}, args...), &stdout, &stderr)

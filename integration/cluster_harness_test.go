@@ -29,6 +29,7 @@ import (
 const (
 	underlayBridge = "cund0"
 	underlayHost   = "10.251.0.1"
+	metricsPort    = "9464" // each agent's, on its node's address
 )
 
 var (
@@ -220,7 +221,8 @@ func (n *cnode) startAgent(store, prefix string, extra ...string) {
 	n.store, n.prefix = store, prefix
 	args := append([]string{"--net=/run/netns/" + n.netns, testutil.AgentBin(n.t), "--store", store, "--store-prefix", prefix,
 		"--node", n.name, "--state", n.state, "--advertise-addr", n.addr,
-		"--lease-ttl", "3s", "--request-timeout", "2s", "--resync", "2s"}, extra...)
+		"--lease-ttl", "3s", "--request-timeout", "2s", "--resync", "2s",
+		"--metrics-addr", n.addr + ":" + metricsPort}, extra...)
 	n.alog = &bytes.Buffer{}
 	n.agent = exec.Command("nsenter", args...)
 	n.agent.Stdout, n.agent.Stderr = n.alog, n.alog

@@ -59,12 +59,21 @@ func (c *Controller) deleteCluster(ctx context.Context, name string, force bool)
 // clusterConfig is the configuration a connect to a cluster network runs:
 // host-local allocates from the blocks this node holds, and keeps its
 // reservations under the state dir (circuit's alone, so gc may release
-// what no record explains).
+// what no record explains); the container gets a route to each of the
+// network's ranges (other nodes' blocks are behind its gateway, then the
+// overlay), the overlay's MTU, and no masquerade of the plugin's (the
+// agent's masquerades only what leaves the ranges).
 func (c *Controller) clusterConfig(n *api.Network) (*cni.Config, error) {
 	if len(n.Cluster.Blocks) == 0 {
 		return nil, api.Errorf(api.ErrUnavailable, "this node holds no address block of cluster network %s yet: is circuit-agent running, and has it reached etcd?", n.Name)
 	}
-	raw, err := cni.WithBlocks(n.Config, n.Cluster.Blocks, filepath.Join(c.cfg.StateDir, agentapi.IPAMDir))
+	ranges, err := cni.IPAMRanges(n.Config)
+	if err != nil {
+		return nil, fmt.Errorf("cluster network %s: %w", n.Name, err)
+	}
+	raw, err := cni.ForCluster(n.Config, cni.Cluster{
+		Blocks: n.Cluster.Blocks, Ranges: ranges, DataDir: filepath.Join(c.cfg.StateDir, agentapi.IPAMDir), MTU: n.Cluster.MTU,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("cluster network %s: %w", n.Name, err)
 	}

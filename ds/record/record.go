@@ -50,6 +50,7 @@ type Cluster struct {
 	Blocks     []string `json:"blocks,omitempty"`
 	VNI        int      `json:"vni,omitempty"`
 	Node       string   `json:"node,omitempty"`
+	MTU        int      `json:"mtu,omitempty"`
 }
 
 // QoS is a stored policy.

@@ -16,8 +16,9 @@ func TestRoundTrip(t *testing.T) {
 	pol := &api.QoSPolicy{Rate: 5e6, Ceiling: 6e6, Delay: 50 * time.Millisecond, Jitter: time.Millisecond, Loss: 0.5, Direction: api.DirBoth}
 	n := &api.Network{Name: "n", Type: "bridge", Plugins: []string{"bridge", "portmap"}, CNIVersion: "1.1.0", IsList: true,
 		Config: []byte(`{"name":"n"}`), CreatedAt: at, QoS: pol, OwnedBridge: "cni0", GC: &api.Process{PID: 8, Start: 88},
-		Cluster: &api.Cluster{Overlay: "vxlan", BlockSize: 26, BlockSize6: 120, Blocks: []string{"10.1.0.64/26"}, VNI: 4097, Node: "a"}}
+		Cluster: &api.Cluster{Overlay: "vxlan", BlockSize: 26, BlockSize6: 120, Blocks: []string{"10.1.0.64/26"}, VNI: 4097, Node: "a", MTU: 1450}}
 	allSet(t, *n, "Peers") // peers are records of their own
+	allSet(t, *n.Cluster)
 	b, err := EncodeNetwork(n)
 	if err != nil {
 		t.Fatal(err)

@@ -39,15 +39,17 @@ var allowed = []struct {
 	{"controller", []string{"api"}, nil},
 	{"agentapi", []string{"api"}, nil},
 	// The node agent: the cluster's state in etcd, the node's replica in
-	// its bolt store, configurations through pkg/cni; never the
-	// controllers or the CLI (circuit talks to it through agentapi).
-	{"agent", []string{"api", "agentapi", "ds", "pkg/cni"}, nil},
+	// its bolt store, configurations through pkg/cni, the node's kernel
+	// through pkg/overlay and pkg/masq; never the controllers or the CLI
+	// (circuit talks to it through agentapi).
+	{"agent", []string{"api", "agentapi", "ds", "pkg/cni", "pkg/overlay", "pkg/masq"}, nil},
 	{"circuit-agent", []string{"agent", "api"}, nil},
 }
 
 // etcdClients are the only directories whose code may import etcd: the
-// circuit binary must not link it (see TestBinaryLinksNoEtcd).
-var etcdClients = []string{"ds/etcd", "agent"}
+// circuit binary must not link it (see TestBinaryLinksNoEtcd). The
+// integration tests (test files only) compact etcd under an agent.
+var etcdClients = []string{"ds/etcd", "agent", "integration"}
 
 // agentUsers are the only directories whose code may import the agent:
 // circuit reaches it through agentapi's socket, never by linking it.

@@ -25,7 +25,7 @@ type Bundle struct {
 	Root string // runc --root for this test
 }
 
-var applets = []string{"sh", "sleep", "ping", "ip", "httpd", "wget", "ifconfig", "cat", "echo", "nc", "route", "true"}
+var applets = []string{"sh", "sleep", "ping", "ping6", "ip", "httpd", "wget", "ifconfig", "cat", "echo", "nc", "netstat", "route", "true"}
 
 // NewBundle makes a bundle whose process runs args (default: sleep 3600),
 // in its own network namespace, using a runc state root private to the test.

@@ -1,0 +1,258 @@
+// Package masq masquerades the traffic of cluster networks that leaves
+// them, in one nftables table circuit owns (inet circuit-cluster) and
+// nothing else: containers of cluster networks see each other's real
+// addresses across nodes, and reach the rest of the world with their
+// node's.
+//
+// The table holds one NAT chain at postrouting:
+//
+//	oifname "cvx4096" return             each overlay device: never NATed
+//	ip daddr 10.244.0.0/16 return        each range: stays inside the ranges
+//	ip6 daddr fd00:244::/112 return
+//	ip saddr 10.244.0.0/16 masquerade    each range: leaves them, masqueraded
+//	ip6 saddr fd00:244::/112 masquerade
+//
+// Sync writes the table whole, in one nftables transaction, when it
+// differs from what is wanted; the first rule carries a fingerprint of the
+// wanted rules, so a table already in line costs one read.
+package masq
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// Table is circuit's cluster NAT table (family inet); pkg/lb's is "circuit".
+const Table = "circuit-cluster"
+
+const chainName = "postrouting"
+
+// Rules is what the table should do.
+type Rules struct {
+	Ranges   []netip.Prefix // every cluster network's ranges
+	Overlays []string       // circuit's overlay devices
+}
+
+// normalize sorts and dedupes, so equal rules write equal tables.
+func (r Rules) normalize() Rules {
+	out := Rules{Overlays: slices.Clone(r.Overlays)}
+	for _, p := range r.Ranges {
+		out.Ranges = append(out.Ranges, p.Masked())
+	}
+	slices.SortFunc(out.Ranges, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	out.Ranges = slices.Compact(out.Ranges)
+	slices.Sort(out.Overlays)
+	out.Overlays = slices.Compact(out.Overlays)
+	return out
+}
+
+// fingerprint names the rules r makes.
+func (r Rules) fingerprint() []byte {
+	var b strings.Builder
+	b.WriteString("circuit-cluster v1\n")
+	for _, o := range r.Overlays {
+		fmt.Fprintf(&b, "oif %s\n", o)
+	}
+	for _, p := range r.Ranges {
+		fmt.Fprintf(&b, "range %s\n", p)
+	}
+	sum := sha256.Sum256([]byte(b.String()))
+	return sum[:]
+}
+
+// Handle writes the table in one network namespace.
+type Handle struct {
+	ns *os.File // nil: the caller's
+}
+
+// Open binds a handle to the netns at nsPath ("": the caller's).
+func Open(nsPath string) (*Handle, error) {
+	h := &Handle{}
+	if nsPath != "" {
+		f, err := os.Open(nsPath)
+		if err != nil {
+			return nil, fmt.Errorf("masquerade: open netns %s: %w", nsPath, err)
+		}
+		h.ns = f
+	}
+	return h, nil
+}
+
+// Close releases the namespace.
+func (h *Handle) Close() {
+	if h.ns != nil {
+		h.ns.Close()
+	}
+}
+
+// conn is a fresh connection: a failed batch never leaves messages behind
+// for the next one.
+func (h *Handle) conn() (*nftables.Conn, error) {
+	fd := 0
+	if h.ns != nil {
+		fd = int(h.ns.Fd())
+	}
+	c, err := nftables.New(nftables.WithNetNSFd(fd))
+	if err != nil {
+		return nil, fmt.Errorf("masquerade: nftables: %w", err)
+	}
+	return c, nil
+}
+
+var table = &nftables.Table{Name: Table, Family: nftables.TableFamilyINet}
+
+// Sync makes the table do r; with no range, the table is removed. It
+// reports whether it wrote anything.
+func (h *Handle) Sync(r Rules) (bool, error) {
+	r = r.normalize()
+	if len(r.Ranges) == 0 {
+		return h.remove()
+	}
+	c, err := h.conn()
+	if err != nil {
+		return false, err
+	}
+	if h.inLine(c, r) {
+		return false, nil
+	}
+	// Add and delete first: the table goes whatever it held, and the
+	// transaction does not fail on a table that was not there.
+	c.AddTable(table)
+	c.DelTable(table)
+	c.AddTable(table)
+	ch := c.AddChain(&nftables.Chain{
+		Name: chainName, Table: table, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
+	})
+	for i, rule := range rules(r) {
+		nr := &nftables.Rule{Table: table, Chain: ch, Exprs: rule}
+		if i == 0 {
+			nr.UserData = r.fingerprint()
+		}
+		c.AddRule(nr)
+	}
+	if err := c.Flush(); err != nil {
+		return false, fmt.Errorf("masquerade: write table inet %s: %w", Table, err)
+	}
+	return true, nil
+}
+
+// inLine reports whether the kernel's table already does r.
+func (h *Handle) inLine(c *nftables.Conn, r Rules) bool {
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false
+	}
+	var ch *nftables.Chain
+	for _, x := range chains {
+		if x.Table.Name == Table && x.Name == chainName {
+			ch = x
+		}
+	}
+	if ch == nil {
+		return false
+	}
+	have, err := c.GetRules(table, ch)
+	if err != nil || len(have) != len(rules(r)) || len(have) == 0 {
+		return false
+	}
+	return bytes.Equal(have[0].UserData, r.fingerprint())
+}
+
+// Remove deletes the table, if there is one.
+func (h *Handle) Remove() error {
+	_, err := h.remove()
+	return err
+}
+
+func (h *Handle) remove() (bool, error) {
+	c, err := h.conn()
+	if err != nil {
+		return false, err
+	}
+	if _, err := c.ListTableOfFamily(Table, nftables.TableFamilyINet); err != nil {
+		if isNotExist(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("masquerade: look up table inet %s: %w", Table, err)
+	}
+	c.DelTable(table)
+	if err := c.Flush(); err != nil && !isNotExist(err) {
+		return false, fmt.Errorf("masquerade: delete table inet %s: %w", Table, err)
+	}
+	return true, nil
+}
+
+// isNotExist reports ENOENT; some of google/nftables' getters format the
+// errno with %v, so its text counts too.
+func isNotExist(err error) bool {
+	return err != nil && (errors.Is(err, unix.ENOENT) || strings.Contains(err.Error(), unix.ENOENT.Error()))
+}
+
+// rules are the chain's rules, in order (see the package doc).
+func rules(r Rules) [][]expr.Any {
+	var out [][]expr.Any
+	for _, o := range r.Overlays {
+		out = append(out, []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(o)},
+			&expr.Verdict{Kind: expr.VerdictReturn},
+		})
+	}
+	for _, p := range r.Ranges {
+		out = append(out, append(matchPrefix(p, false), &expr.Verdict{Kind: expr.VerdictReturn}))
+	}
+	for _, p := range r.Ranges {
+		out = append(out, append(matchPrefix(p, true), &expr.Masq{}))
+	}
+	return out
+}
+
+// matchPrefix matches packets of p's family whose source (or destination)
+// address is in p.
+func matchPrefix(p netip.Prefix, source bool) []expr.Any {
+	proto, size, offset := byte(unix.NFPROTO_IPV4), uint32(4), uint32(16)
+	if source {
+		offset = 12
+	}
+	if p.Addr().Is6() {
+		proto, size, offset = unix.NFPROTO_IPV6, 16, 24
+		if source {
+			offset = 8
+		}
+	}
+	mask := make([]byte, size)
+	for i := 0; i < p.Bits(); i++ {
+		mask[i/8] |= 0x80 >> (i % 8)
+	}
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: size},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: size, Mask: mask, Xor: make([]byte, size)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Masked().Addr().AsSlice()},
+	}
+}
+
+// ifname is an interface name as the kernel compares it: IFNAMSIZ bytes,
+// zero-padded.
+func ifname(name string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
+}
