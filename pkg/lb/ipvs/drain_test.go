@@ -17,7 +17,7 @@ func TestIPVSChangesUnderLoad(t *testing.T) {
 }
 
 // A connection to a quiesced real server goes on, new ones go elsewhere,
-// Active (active + inactive connections) counts it until it ends, and the
+// Active (its established connections) counts it until it ends, and the
 // edit keeps the real server's counters (it is not a remove and add).
 func TestIPVSDrainLongLived(t *testing.T) {
 	tp := lbtest.NewTopo(t)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -170,8 +171,11 @@ func (b *Backend) Delete(svc spec.Service) error {
 }
 
 // Stats reads IPVS's counters of the service and its real servers:
-// Packets and Bytes add both directions (with NAT, IPVS sees replies);
-// Active is a real server's active and inactive connections.
+// Packets and Bytes add both directions (with NAT, IPVS sees replies).
+// Active is what a drain waits on: for TCP and SCTP a real server's active
+// (established) connections, not the inactive ones IPVS keeps minutes
+// after they ended (FIN_WAIT, TIME_WAIT, CLOSE); UDP has no established
+// state, so there every connection IPVS holds counts.
 func (b *Backend) Stats(svc spec.Service) (*spec.Stats, error) {
 	k, err := keyOf(svc)
 	if err != nil {
@@ -207,7 +211,10 @@ func (b *Backend) Stats(svc spec.Service) (*spec.Stats, error) {
 			name = d.addr.String()
 		}
 		st.Targets[name] = counters(d.stats)
-		st.Active[name] = uint64(d.active) + uint64(d.inactive)
+		st.Active[name] = uint64(d.active)
+		if strings.EqualFold(svc.Protocol, "udp") {
+			st.Active[name] += uint64(d.inactive)
+		}
 		st.ActiveTotal += st.Active[name]
 	}
 	return st, nil

@@ -165,13 +165,14 @@ func DrainLongLived(t *testing.T, tp *Topo, b Backend, f Family, sched string) (
 	return rest, addr[x]
 }
 
-// WaitActive polls Stats until target's Active is want: the kernel ends
-// a connection's entry on its own time (IPVS keeps a reset one 10s), so
-// a generous backstop fails instead.
+// WaitActive polls Stats until target's Active is want: a connection that
+// ended stops counting at once (conntrack's TIME_WAIT and CLOSE entries,
+// IPVS's inactive TCP connections are left out), so the backstop only
+// bounds a broken backend.
 func WaitActive(t *testing.T, b Backend, svc spec.Service, target string, want uint64) {
 	t.Helper()
 	var seen []uint64
-	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		st, err := b.Stats(svc)
 		must(t, err)
 		if st.Active[target] == want {
@@ -179,5 +180,5 @@ func WaitActive(t *testing.T, b Backend, svc spec.Service, target string, want u
 		}
 		seen = append(seen, st.Active[target])
 	}
-	t.Fatalf("Active of %s still not %d after two minutes (seen %v)", target, want, slices.Compact(seen))
+	t.Fatalf("Active of %s still not %d after 30s (seen %v)", target, want, slices.Compact(seen))
 }

@@ -48,8 +48,9 @@ type Stats struct {
 	Service Counters
 	Targets map[string]Counters
 	// Active is the connections each target holds now, keyed as Targets
-	// (IPVS: the destination's active and inactive connections; nftables:
-	// the conntrack entries of the service DNATed to the target), and
+	// (IPVS: the destination's established connections, and for UDP every
+	// one it holds; nftables: the conntrack entries of the service DNATed
+	// to the target, but for TCP's TIME_WAIT and CLOSE ones), and
 	// ActiveTotal their sum. A drain may end when a target's count is 0.
 	// (Not a Counters field: controller/local converts Counters to
 	// api.Counters, which must keep the same fields.)
