@@ -37,8 +37,12 @@ import (
 // lbVIPs is where the services' addresses come from (16,384 of them).
 var lbVIPs = netip.MustParsePrefix("10.211.64.0/18")
 
-// lbTimes are the samples of one way of timing a change, in ms.
-type lbTimes struct{ add, remove sample }
+// lbTimes are the samples of one way of timing a change, in ms, reps to
+// a round.
+type lbTimes struct {
+	add, remove sample
+	reps        int
+}
 
 // lbPoint is one service count of the lb run.
 type lbPoint struct {
@@ -61,7 +65,14 @@ type lbResult struct {
 	loadStart string
 	loadEnd   string
 	perf      []perfShare // nil when perf did not run
+	// pairLo and pairHi are the smallest and largest size's circuit-side
+	// times from changes made right after one another (newPairs of each).
+	pairLo, pairHi lbTimes
 }
+
+// newPairs is how many adjacent pairs of new-layout changes compare the
+// largest size with the smallest.
+const newPairs = 200
 
 func (b *bench) lbScale(ctx context.Context, r *report) error {
 	sizes := slices.Sorted(slices.Values(b.cfg.services))
@@ -96,6 +107,12 @@ func (b *bench) lbScale(ctx context.Context, r *report) error {
 			if err := labs[(k+r)%len(labs)].round(ctx, r); err != nil {
 				return err
 			}
+		}
+	}
+	if len(labs) > 1 {
+		var err error
+		if res.pairLo, res.pairHi, err = adjacentPairs(labs[0], labs[len(labs)-1]); err != nil {
+			return err
 		}
 	}
 	for _, l := range labs {
@@ -252,7 +269,7 @@ func (l *lbLab) changes(ctx context.Context) []change {
 	}
 	return []change{
 		{&pt.newIn, inProcess(func() error { return l.newB.AddTarget(with, extra) }),
-			inProcess(func() error { return l.newB.RemoveTarget(s1, extra) }), 5},
+			inProcess(func() error { return l.newB.RemoveTarget(s1, extra) }), newReps},
 		{&pt.oldIn, inProcess(func() error { return l.oldB.AddTarget(with, extra) }),
 			inProcess(func() error { return l.oldB.RemoveTarget(s1, extra) }), 1},
 		{&pt.newProc, proc("new", l.newNS, "add", with), proc("new", l.newNS, "remove", s1), 1},
@@ -262,10 +279,42 @@ func (l *lbLab) changes(ctx context.Context) []change {
 	}
 }
 
+// adjacentPairs changes the smallest and the largest size's new layout
+// right after one another, the order alternating: a comparison the rounds,
+// whose sizes are seconds apart, blur. (A change right after one to the
+// other namespace's table is slower, whichever the size: hence the
+// alternation, each size first half the time.)
+func adjacentPairs(lo, hi *lbLab) (lbTimes, lbTimes, error) {
+	var out [2]lbTimes
+	for i := range newPairs {
+		for k := range 2 {
+			j := (k + i) % 2
+			w := []*lbLab{lo, hi}[j].ways[0] // the new layout, in process
+			for op, fn := range []func() (time.Duration, error){w.add, w.rm} {
+				d, err := fn()
+				if err != nil {
+					return out[0], out[1], err
+				}
+				if op == 0 {
+					out[j].add = append(out[j].add, ms(d))
+				} else {
+					out[j].remove = append(out[j].remove, ms(d))
+				}
+			}
+		}
+	}
+	return out[0], out[1], nil
+}
+
+// newReps is how many times a round changes the new layout in process:
+// below a millisecond, its median wants many samples.
+const newReps = 25
+
 // round times every way of changing once (round 0 only warms up).
 func (l *lbLab) round(ctx context.Context, r int) error {
 	for k := range l.ways {
 		w := l.ways[(k+r)%len(l.ways)]
+		w.times.reps = w.reps
 		for i, fn := range slices.Repeat([]func() (time.Duration, error){w.add, w.rm}, w.reps) {
 			if err := ctx.Err(); err != nil {
 				return err

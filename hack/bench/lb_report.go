@@ -38,20 +38,27 @@ func (r *report) lbTargets(row func(name, goal, measured string, ok bool)) {
 	for _, c := range []struct {
 		what   string
 		lo, hi sample
+		ratios sample // largest over smallest; its median is the figure
+		how    string
 		ms     float64 // limit, 0 for none
 	}{
-		{"lb target add, circuit-side (Backend call)", lo.newIn.add, hi.newIn.add, 10},
-		{"lb target remove, circuit-side (Backend call)", lo.newIn.remove, hi.newIn.remove, 10},
-		{"`circuit lb add` (the whole command)", lo.cli.add, hi.cli.add, 0},
+		{"lb target add, circuit-side (Backend call)", l.pairLo.add, l.pairHi.add,
+			sample{l.pairHi.add.median() / l.pairLo.add.median()}, fmt.Sprintf("%d adjacent pairs", len(l.pairLo.add)), 10},
+		{"lb target remove, circuit-side (Backend call)", l.pairLo.remove, l.pairHi.remove,
+			sample{l.pairHi.remove.median() / l.pairLo.remove.median()}, fmt.Sprintf("%d adjacent pairs", len(l.pairLo.remove)), 10},
+		{"`circuit lb add` (the whole command)", lo.cli.add, hi.cli.add, paired(hi.cli.add, lo.cli.add, ratio),
+			fmt.Sprintf("median of %d rounds' ratios", len(lo.cli.add)), 0},
+		{"`circuit lb remove` (the whole command)", lo.cli.remove, hi.cli.remove, paired(hi.cli.remove, lo.cli.remove, ratio),
+			fmt.Sprintf("median of %d rounds' ratios", len(lo.cli.remove)), 0},
 	} {
-		g := c.hi.median() / c.lo.median()
+		g := c.ratios.median()
 		goal, ok := "within 1.2x", g <= 1.2
 		if c.ms > 0 {
 			goal += fmt.Sprintf(", under %.0f ms", c.ms)
 			ok = ok && c.hi.median() < c.ms
 		}
 		row(fmt.Sprintf("%s, %d vs %d services", c.what, lo.services, hi.services), goal,
-			fmt.Sprintf("%s ms vs %s ms (x%s)", f(c.lo.median()), f(c.hi.median()), f2(g)), ok)
+			fmt.Sprintf("%s ms vs %s ms (medians); x%s (%s)", f(c.lo.median()), f(c.hi.median()), f2(g), c.how), ok)
 	}
 }
 
@@ -62,7 +69,7 @@ func (r *report) lbSection(p printer) {
 	}
 	p("## 5. Load balancer: one target change among many services")
 	p("")
-	p("nftables services with %d targets each, in the layout circuit writes now (new) and in the one it wrote before (old, a frozen copy: `pkg/lb/nftables/legacy`), in a network namespace per size and layout, all filled first (new: `Backend.Load`, 1,000 services to a transaction; old: 100 to a transaction). Then one target is added to one service and removed again, timed three ways: the Backend call in the benchmark's process (circuit-side), one process that opens the backend, makes that call and exits (the benchmark in its `__lb-op` mode, for both layouts), and `circuit lb add`/`lb remove` (the new layout only: today's circuit cannot write the old one). %d rounds after one warm-up; a round goes through every size, and within it every way, in turn, starting one further along each round, so that load elsewhere on the machine falls on all alike (the new layout's in-process change, below a millisecond, 5 times a round). Cells are median (p10-p90) in ms.", l.targets, l.rounds)
+	p("nftables services with %d targets each, in the layout circuit writes now (new) and in the one it wrote before (old, a frozen copy: `pkg/lb/nftables/legacy`), in a network namespace per size and layout, all filled first (new: `Backend.Load`, 1,000 services to a transaction; old: 100 to a transaction). Then one target is added to one service and removed again, timed three ways: the Backend call in the benchmark's process (circuit-side), one process that opens the backend, makes that call and exits (the benchmark in its `__lb-op` mode, for both layouts), and `circuit lb add`/`lb remove` (the new layout only: today's circuit cannot write the old one). %d rounds after one warm-up; a round goes through every size, and within it every way, in turn, starting one further along each round, so that load elsewhere on the machine falls on all alike (the new layout's in-process change, below a millisecond, %d times a round). Cells are median (p10-p90) in ms. The targets above compare the smallest size with the largest: for the Backend call by the medians of %d more pairs of changes made right after one another, each size first half the time (rounds put seconds of other work between the sizes, and a change right after one to the other namespace's table is slower, whichever the size); for the command, by the median of each round's ratio.", l.targets, l.rounds, newReps, newPairs)
 	p("")
 	p("Measured %s on %d CPUs (%s), Linux %s. The machine is shared with other engineers' test runs: the load average was %s when the section started and %s when it ended.",
 		l.when.Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), cpuModel(), kernelRelease(), l.loadStart, l.loadEnd)
