@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/circuit-cni/circuit/pkg/lb"
+	"github.com/circuit-cni/circuit/pkg/lb/nftables/legacy"
 	"github.com/circuit-cni/circuit/pkg/testutil"
 )
 
@@ -363,5 +365,79 @@ func TestLBChangesUnderClientLoop(t *testing.T) {
 			}
 			t.Logf("answers by target: %v", count)
 		})
+	}
+}
+
+// restore moves a service an older circuit programmed (the first nftables
+// layout, a chain per target) to the current layout in place, while a
+// client keeps asking: no request fails.
+func TestLBRestoreMigratesOldLayout(t *testing.T) {
+	if testutil.InVM() {
+		t.Skip("nftables only: the host tier runs it")
+	}
+	c := lbStart(t)
+	c.must("network", "create", c.conf("oldnet", "10.220.57.0/24"))
+	a, b := c.drainTarget("oldnet", "oa"), c.drainTarget("oldnet", "ob")
+	const vip = "10.220.61.3:80"
+	c.lbService("old", "--backend", "nftables", vip)
+	c.lbMust("service old updated\n", "lb", "add", "old", a.ip+":80", b.ip+":80")
+
+	// What an older circuit left: the same service in the first layout.
+	mustNft(t, "delete", "table", "inet", "circuit")
+	old, err := legacy.New("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	svc := lb.Service{Name: "old", Address: vip, Protocol: "tcp", Scheduler: "rr",
+		Targets: []lb.Target{{Address: a.ip + ":80", Weight: 1, Forward: "nat"}, {Address: b.ip + ":80", Weight: 1, Forward: "nat"}}}
+	if err := old.Ensure(svc); err != nil {
+		t.Fatal(err)
+	}
+	if tbl := mustNft(t, "list", "table", "inet", "circuit"); !strings.Contains(tbl, "svc-old/") {
+		t.Fatalf("the old layout has no chain per target:\n%s", tbl)
+	}
+
+	stop := make(chan struct{})
+	failures := make(chan error, 1000)
+	done := make(chan struct{}, 100000) // one per request answered
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := testutil.HTTPGet("http://"+vip+"/", 5*time.Second); err != nil {
+				failures <- err
+			}
+			done <- struct{}{}
+		}
+	}()
+	requests := func(n int) {
+		for range n {
+			<-done
+		}
+	}
+	requests(20) // on the old layout
+	out := c.must("restore")
+	requests(20) // on the new one
+	close(stop)
+	wg.Wait()
+	close(failures)
+	for err := range failures {
+		t.Errorf("a request failed during the migration: %v", err)
+	}
+	if want := fmt.Sprintf("migrated to the current layout service old (%s, 2 targets) with nftables\nrestore: 1 action(s)\n", vip); out != want {
+		t.Errorf("restore printed %q, want %q", out, want)
+	}
+	if tbl := mustNft(t, "list", "table", "inet", "circuit"); strings.Contains(tbl, "svc-old/") || !strings.Contains(tbl, "goto pick-") {
+		t.Errorf("after restore, the old layout is left:\n%s", tbl)
+	}
+	if out := c.must("restore"); out != "restore: nothing to do\n" {
+		t.Errorf("a second restore printed %q", out)
 	}
 }

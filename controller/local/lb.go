@@ -418,10 +418,14 @@ func (c *Controller) restoreService(ctx context.Context, svc *api.Service) (stri
 		if err := c.foreign(b, svc); err != nil {
 			return "", err
 		}
-		if sameTargets(st.Programmed.Targets, svc.Targets) {
+		switch {
+		case st.Outdated: // an older circuit's layout: moved in place
+			verb = "migrated to the current layout"
+		case sameTargets(st.Programmed.Targets, svc.Targets):
 			return "", nil
+		default:
+			verb = "repaired the targets of"
 		}
-		verb = "repaired the targets of"
 	}
 	if err := b.Ensure(toLB(*svc)); err != nil {
 		return "", fmt.Errorf("%s backend: %w", b.Name(), err)
