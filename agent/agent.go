@@ -35,9 +35,11 @@ type Agent struct {
 
 	// rec serializes reconciles (the loop's and the API's): a channel, so
 	// that an API request waits for it no longer than its deadline.
-	rec         chan struct{}
-	kick        chan struct{} // a reconcile is wanted
-	overlayKick chan struct{} // an overlay pass is wanted
+	rec          chan struct{}
+	kick         chan struct{} // a reconcile is wanted
+	overlayKick  chan struct{} // an overlay pass is wanted
+	servicesKick chan struct{} // a services pass is wanted
+	lb           balancer      // the services loop's memory
 
 	mu        sync.Mutex
 	conflicts map[string]bool // blocks etcd gave another node: never used here again
@@ -65,11 +67,13 @@ func New(cfg Config) (*Agent, error) {
 	}
 	k := newKeys(cfg.Prefix)
 	log := cfg.Log.WithField("node", cfg.Node)
-	return &Agent{
+	a := &Agent{
 		cfg: cfg, log: log, k: k, local: local, view: newView(k, log), dp: dp, metrics: newMetrics(),
-		rec: make(chan struct{}, 1), kick: make(chan struct{}, 1), overlayKick: make(chan struct{}, 1),
+		rec: make(chan struct{}, 1), kick: make(chan struct{}, 1), overlayKick: make(chan struct{}, 1), servicesKick: make(chan struct{}, 1),
 		conflicts: map[string]bool{}, warned: map[string]bool{},
-	}, nil
+	}
+	a.metrics.reg.MustRegister(serviceCollector{a})
+	return a, nil
 }
 
 // Run serves the socket and keeps the node in the cluster until ctx ends;
@@ -94,9 +98,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Infof("circuit-agent serving %s; etcd %s, prefix %s", filepath.Join(a.cfg.StateDir, agentapi.SocketName), a.where(), a.cfg.Prefix)
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); a.reconciler(ctx) }()
 	go func() { defer wg.Done(); a.overlayLoop(ctx) }()
+	go func() { defer wg.Done(); a.servicesLoop(ctx) }()
 	a.sessions(ctx)
 	wg.Wait()
 

@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -31,7 +35,10 @@ func (a *Agent) createService(ctx context.Context, r *http.Request) (any, error)
 	if err := api.NormalizeService(&svc); err != nil {
 		return nil, err
 	}
-	targets := svc.Targets
+	targets, err := a.resolveTargets(ctx, &svc, svc.Targets)
+	if err != nil {
+		return nil, err
+	}
 	svc.Targets = []api.Target{}
 	if err := addTargets(&svc, targets); err != nil {
 		return nil, err
@@ -96,8 +103,8 @@ func (a *Agent) settleService(ctx context.Context, rev int64, name string, svc *
 	return svc
 }
 
-// addTargets adds targets to svc, each normalized; an address svc already
-// has is refused.
+// addTargets adds targets to svc, each normalized; an address or a
+// container svc already has is refused.
 func addTargets(svc *api.Service, targets []api.Target) error {
 	for _, t := range targets {
 		if err := api.NormalizeTarget(svc, &t); err != nil {
@@ -106,10 +113,87 @@ func addTargets(svc *api.Service, targets []api.Target) error {
 		if slices.ContainsFunc(svc.Targets, func(o api.Target) bool { return o.Address == t.Address }) {
 			return api.Errorf(api.ErrExists, "service %s already has target %s", svc.Name, t.Address)
 		}
+		if t.Container != "" && slices.ContainsFunc(svc.Targets, func(o api.Target) bool { return o.Container == t.Container && o.Network == t.Network }) {
+			return api.Errorf(api.ErrExists, "service %s already has container %s on network %s as a target", svc.Name, t.Container, t.Network)
+		}
 		svc.Targets = append(svc.Targets, t)
 	}
 	return nil
 }
+
+// resolveTargets gives each container target the address its container
+// has now, on whichever node it runs: the one of the service's family on
+// the cluster network named (or the only one it is on). The kernel then
+// follows the container (services.go); the address recorded is where it
+// was when added.
+func (a *Agent) resolveTargets(ctx context.Context, svc *api.Service, targets []api.Target) ([]api.Target, error) {
+	if !slices.ContainsFunc(targets, func(t api.Target) bool { return t.Container != "" }) {
+		return targets, nil
+	}
+	vip, err := api.ParseAddrPort(svc.Address)
+	if err != nil {
+		return nil, err
+	}
+	// circuit may have connected a container here a moment ago, its
+	// notify still on the way: this node's peers are published first.
+	if err := a.publish(ctx, ""); err != nil {
+		return nil, err
+	}
+	peers, _, err := a.peersOf(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	out := slices.Clone(targets)
+	for i, t := range out {
+		if t.Container == "" {
+			continue
+		}
+		ct, err := api.RequestedContainer(t)
+		if err != nil {
+			return nil, err
+		}
+		found := map[string]netip.Addr{} // network -> address
+		for _, p := range peers {
+			if p.peer.ContainerID != ct.ID || (ct.Network != "" && p.network != ct.Network) {
+				continue
+			}
+			if addr, ok := familyAddr(p.peer.IPs, vip.Addr().Is6()); ok {
+				if _, dup := found[p.network]; !dup {
+					found[p.network] = addr
+				}
+			}
+		}
+		switch len(found) {
+		case 0:
+			where := "any cluster network"
+			if ct.Network != "" {
+				where = "cluster network " + ct.Network
+			}
+			return nil, api.Errorf(api.ErrNotFound, "container %s has no %s address on %s on any node", ct.ID, familyOf(netip.PrefixFrom(vip.Addr(), 0)), where)
+		case 1:
+		default:
+			return nil, api.Errorf(api.ErrInvalid, "container %s is on cluster networks %s: name one, as %s@NETWORK:%d",
+				ct.ID, strings.Join(slices.Sorted(maps.Keys(found)), ", "), ct.ID, ct.Port)
+		}
+		for network, addr := range found {
+			out[i].Network = network
+			out[i].Address = netip.AddrPortFrom(addr, ct.Port).String()
+		}
+	}
+	return out, nil
+}
+
+// familyAddr is the first of a peer's CIDR addresses of the family asked.
+func familyAddr(ips []string, v6 bool) (netip.Addr, bool) {
+	for _, ip := range ips {
+		if p, err := netip.ParsePrefix(ip); err == nil && p.Addr().Is6() == v6 {
+			return p.Addr(), true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+func (f family) String() string { return "IPv" + strconv.Itoa(int(f)) }
 
 // changeService runs fn on a cluster service as etcd holds it and writes
 // the result back in one Txn; fn nil deletes the service.
@@ -156,6 +240,21 @@ func (a *Agent) addTargets(ctx context.Context, r *http.Request) (any, error) {
 	if len(req.Targets) == 0 {
 		return nil, api.Errorf(api.ErrInvalid, "no targets to add")
 	}
+	if slices.ContainsFunc(req.Targets, func(t api.Target) bool { return t.Container != "" }) {
+		st := a.view.snapshot()
+		if st == nil {
+			return nil, api.Errorf(api.ErrUnavailable, "this agent has not listed etcd yet")
+		}
+		name := r.PathValue("name")
+		svc, ok := st.services[name]
+		if !ok {
+			return nil, api.Errorf(api.ErrNotFound, "cluster service %s not found", name)
+		}
+		var err error
+		if req.Targets, err = a.resolveTargets(ctx, &svc, req.Targets); err != nil {
+			return nil, err
+		}
+	}
 	return a.changeService(ctx, r, "add targets", func(svc *api.Service) error {
 		return addTargets(svc, req.Targets)
 	})
@@ -171,13 +270,16 @@ func (a *Agent) removeTargets(ctx context.Context, r *http.Request) (any, error)
 	}
 	return a.changeService(ctx, r, "remove targets", func(svc *api.Service) error {
 		for _, addr := range req.Addresses {
-			ap, err := api.ParseAddrPort(addr)
-			if err != nil {
+			// A container target goes by its address or its container's ID.
+			match := func(t api.Target) bool { return t.Container == addr }
+			if ap, err := api.ParseAddrPort(addr); err == nil {
+				match = func(t api.Target) bool { return t.Address == ap.String() }
+			} else if api.ValidContainerID(addr) != nil {
 				return err
 			}
-			i := slices.IndexFunc(svc.Targets, func(t api.Target) bool { return t.Address == ap.String() })
+			i := slices.IndexFunc(svc.Targets, match)
 			if i < 0 {
-				return api.Errorf(api.ErrNotFound, "service %s has no target %s", svc.Name, ap)
+				return api.Errorf(api.ErrNotFound, "service %s has no target %s", svc.Name, addr)
 			}
 			svc.Targets = slices.Delete(svc.Targets, i, i+1)
 		}

@@ -37,8 +37,8 @@ type metrics struct {
 	watch        *prometheus.CounterVec // reason
 	etcd         *prometheus.HistogramVec
 
-	// Per-service counters of the cluster load balancer register on reg
-	// too (agent/services*.go), under circuit_agent_service_*.
+	// Per-service and per-target counters of the cluster load balancer
+	// register on reg too (serviceCollector), read from the kernel.
 }
 
 func newMetrics() *metrics {

@@ -25,6 +25,7 @@ type fakeDataplane struct {
 	masq  masq.Rules
 	syncs int
 	mtu   int
+	lb    fakeLB
 }
 
 func newFakeDataplane() *fakeDataplane { return &fakeDataplane{mtu: 1500} }

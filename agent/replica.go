@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"time"
 
 	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/ds"
@@ -146,11 +147,19 @@ func (a *Agent) replicateNetwork(ctx context.Context, st *state, name string, mt
 	return nil
 }
 
-// replicateService brings one cluster service's replica to st. The node
-// programs it into its kernel in part 2 of multi-host (circuit restore and
-// lb commands read the replica); here it is only recorded.
+// replicateService brings one cluster service's replica to st: the
+// service as this node balances it (services.go), so circuit's lb show and
+// lb list say what the node's kernel does: container targets where their
+// containers are, draining while they are away, the backend this node
+// chose for "auto".
 func (a *Agent) replicateService(ctx context.Context, st *state, name string) error {
 	s, inCluster := st.services[name]
+	if inCluster {
+		s.Targets, _ = a.planTargets(st, s, time.Now())
+		if b := a.ownedBackend(name); b != "" {
+			s.Backend = b
+		}
+	}
 	var note func()
 	err := a.changeReplica(ctx, func(tx ds.Tx, write bool) (bool, error) {
 		note = nil
@@ -175,7 +184,6 @@ func (a *Agent) replicateService(ctx context.Context, st *state, name string) er
 		}
 		want := s
 		want.Cluster = true
-		want.Targets = slices.Clone(s.Targets)
 		if cur != nil {
 			want.BootID = cur.BootID // the boot this node last programmed it in
 			// "auto" is resolved by each node to the backend it has.

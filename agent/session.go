@@ -217,8 +217,7 @@ func (a *Agent) putNode(ctx context.Context) error {
 }
 
 // list reads what the agent follows under the prefix at one revision
-// (one Txn), replaces the view with it and asks for a reconcile. Peers are
-// left out: only this node's matter, and they are read when published.
+// (one Txn), replaces the view with it and asks for a reconcile.
 func (a *Agent) list(ctx context.Context) (int64, error) {
 	var resp *clientv3.TxnResponse
 	err := a.call(ctx, "list "+a.k.root, func(ctx context.Context, c *clientv3.Client) (err error) {
@@ -228,6 +227,7 @@ func (a *Agent) list(ctx context.Context) (int64, error) {
 			clientv3.OpGet(a.k.blocks, clientv3.WithPrefix()),
 			clientv3.OpGet(a.k.nodes, clientv3.WithPrefix()),
 			clientv3.OpGet(a.k.alive, clientv3.WithPrefix()),
+			clientv3.OpGet(a.k.peers, clientv3.WithPrefix()),
 		).Commit()
 		return err
 	})

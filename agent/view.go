@@ -24,8 +24,8 @@ type clusterNet struct {
 }
 
 // state is what the agent knows of etcd at one revision: the cluster's
-// networks and services, who holds which block, the nodes. Peers are not
-// kept: only this node's matter, and they are read when published.
+// networks and services, who holds which block, the nodes, and where every
+// node's containers are (for services' container targets).
 type state struct {
 	rev      int64
 	networks map[string]clusterNet
@@ -33,17 +33,23 @@ type state struct {
 	blocks   map[string]map[netip.Prefix]blockValue // network -> block -> holder
 	nodes    map[string]nodeValue
 	alive    map[string]bool
+	peers    map[peerKey][]netip.Addr // a published peer's addresses
 }
+
+// peerKey names a published peer: P/peers/<node>/<network>/<container>/<ifname>.
+type peerKey struct{ node, network, container, ifname string }
 
 func newState(rev int64) *state {
 	return &state{rev: rev, networks: map[string]clusterNet{}, services: map[string]api.Service{},
-		blocks: map[string]map[netip.Prefix]blockValue{}, nodes: map[string]nodeValue{}, alive: map[string]bool{}}
+		blocks: map[string]map[netip.Prefix]blockValue{}, nodes: map[string]nodeValue{}, alive: map[string]bool{},
+		peers: map[peerKey][]netip.Addr{}}
 }
 
 // clone copies st deep enough that the view may change on meanwhile.
 func (st *state) clone() *state {
 	c := &state{rev: st.rev, networks: maps.Clone(st.networks), services: maps.Clone(st.services),
-		blocks: make(map[string]map[netip.Prefix]blockValue, len(st.blocks)), nodes: maps.Clone(st.nodes), alive: maps.Clone(st.alive)}
+		blocks: make(map[string]map[netip.Prefix]blockValue, len(st.blocks)), nodes: maps.Clone(st.nodes), alive: maps.Clone(st.alive),
+		peers: maps.Clone(st.peers)}
 	for n, b := range st.blocks {
 		c.blocks[n] = maps.Clone(b)
 	}
@@ -92,7 +98,7 @@ func (v *view) reset(rev int64, kvs []*mvccpb.KeyValue) {
 // apply brings the view to rev with a watch response's events. Events the
 // view's listing already holds are skipped. It reports whether any event
 // may need a reconcile: a network, a service or a block changed (not a
-// node's heartbeat, nor another node's peers).
+// node's heartbeat, nor peers: the services loop follows those).
 func (v *view) apply(rev int64, events []*mvccpb.Event) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -204,6 +210,19 @@ func (v *view) put(st *state, kv *mvccpb.KeyValue) {
 		st.nodes[e[0]] = val
 	} else if e := split(key, v.k.alive); len(e) == 1 {
 		st.alive[e[0]] = true
+	} else if e := split(key, v.k.peers); len(e) == 4 {
+		p, err := record.DecodePeer(kv.Value)
+		if err != nil {
+			bad(err)
+			return
+		}
+		var addrs []netip.Addr
+		for _, ip := range p.IPs {
+			if pr, err := netip.ParsePrefix(ip); err == nil {
+				addrs = append(addrs, pr.Addr())
+			}
+		}
+		st.peers[peerKey{e[0], e[1], e[2], e[3]}] = addrs
 	}
 }
 
@@ -223,5 +242,7 @@ func (v *view) del(st *state, key string) {
 		delete(st.nodes, e[0])
 	} else if e := split(key, v.k.alive); len(e) == 1 {
 		delete(st.alive, e[0])
+	} else if e := split(key, v.k.peers); len(e) == 4 {
+		delete(st.peers, peerKey{e[0], e[1], e[2], e[3]})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -192,6 +193,14 @@ func NormalizeTarget(svc *Service, t *Target) error {
 	if t.Forward != ForwardNAT && ap.Port() != vip.Port() {
 		return Errorf(ErrInvalid, "target %s: %s forwarding cannot change the port: use port %d", t.Address, t.Forward, vip.Port())
 	}
+	if t.Container != "" {
+		if err := ValidContainerID(t.Container); err != nil {
+			return fmt.Errorf("target %s: %w", t.Address, err)
+		}
+		if err := ValidNetworkName(t.Network); err != nil {
+			return fmt.Errorf("target %s: %w", t.Address, err)
+		}
+	}
 	return nil
 }
 
@@ -250,4 +259,80 @@ func TargetIndex(svc *Service, addr string) (int, error) {
 		return -1, Errorf(ErrNotFound, "target %s is not in service %s", addr, svc.Name)
 	}
 	return i, nil
+}
+
+// ContainerTarget is an lb add --container: ID[@NETWORK]:PORT. As a
+// request's Target it is {Container: ID, Network: NETWORK, Address:
+// ":PORT"}; the cluster resolves the address.
+type ContainerTarget struct {
+	ID      string
+	Network string // "": the one cluster network the container is on
+	Port    uint16
+}
+
+// ParseContainerTarget reads ID[@NETWORK]:PORT.
+func ParseContainerTarget(s string) (ContainerTarget, error) {
+	bad := func(why string) (ContainerTarget, error) {
+		return ContainerTarget{}, Errorf(ErrInvalid, "container target %q: %s", s, why)
+	}
+	i := strings.LastIndexByte(s, ':')
+	if i < 0 {
+		return bad("want ID:PORT or ID@NETWORK:PORT")
+	}
+	port, err := strconv.ParseUint(s[i+1:], 10, 16)
+	if err != nil || port == 0 {
+		return bad("the port must be 1-65535")
+	}
+	ct := ContainerTarget{ID: s[:i], Port: uint16(port)}
+	if j := strings.IndexByte(ct.ID, '@'); j >= 0 {
+		ct.ID, ct.Network = ct.ID[:j], ct.ID[j+1:]
+		if err := ValidNetworkName(ct.Network); err != nil {
+			return bad(err.Error())
+		}
+	}
+	if err := ValidContainerID(ct.ID); err != nil {
+		return bad(err.Error())
+	}
+	return ct, nil
+}
+
+// Target is ct as a request's target.
+func (ct ContainerTarget) Target(weight int, forward string) Target {
+	return Target{Container: ct.ID, Network: ct.Network, Address: ":" + strconv.Itoa(int(ct.Port)), Weight: weight, Forward: forward}
+}
+
+// RequestedContainer reads a request's container target back.
+func RequestedContainer(t Target) (ContainerTarget, error) {
+	return ParseContainerTarget(containerRequest(t))
+}
+
+func containerRequest(t Target) string {
+	id := t.Container
+	if t.Network != "" {
+		id += "@" + t.Network
+	}
+	return id + t.Address
+}
+
+// String is the form ParseContainerTarget reads.
+func (ct ContainerTarget) String() string {
+	id := ct.ID
+	if ct.Network != "" {
+		id += "@" + ct.Network
+	}
+	return id + ":" + strconv.Itoa(int(ct.Port))
+}
+
+// LocalTargets refuses container targets on a service that is not a
+// cluster's: only circuit-agent knows where containers run.
+func LocalTargets(svc *Service, targets []Target) error {
+	if svc.Cluster {
+		return nil
+	}
+	for _, t := range targets {
+		if t.Container != "" {
+			return Errorf(ErrUnsupported, "container target %s: service %s is not a cluster service (only cluster services balance to containers by ID)", containerRequest(t), svc.Name)
+		}
+	}
+	return nil
 }

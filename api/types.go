@@ -216,6 +216,13 @@ type Target struct {
 	// gone (interrupted, crashed, rebooted) the next lb command on the
 	// service, gc or restore finishes the drain. Not in the CLI's JSON.
 	DrainOwner Process `json:"-"`
+	// Container ties the target to a container of a cluster network (its
+	// ID; Network names the network): every node balances to the
+	// container's address of the service's family wherever it runs, drains
+	// the target while the container is away and gives it back when it
+	// returns. Address is then where it was when added.
+	Container string `json:"container,omitempty"`
+	Network   string `json:"network,omitempty"`
 }
 
 // Draining reports whether the target is draining.

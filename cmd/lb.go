@@ -88,12 +88,23 @@ func lbAddCommand(a *app) *cli.Command {
 		Name:      "add",
 		Usage:     "add targets to a service",
 		ArgsUsage: "NAME TARGET...",
+		Description: `A TARGET is ADDR:PORT ([IPV6]:PORT). On a cluster service, --container
+ID[@NETWORK]:PORT adds a container of a cluster network, on any node, by its
+ID: every node balances to its address, drains the target (weight 0, then
+out after the service's drain period) while the container is disconnected
+or its node is lost, and takes it back when it returns. NETWORK is needed
+only when the container is on several cluster networks.`,
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "weight", Value: 1, Usage: "relative `WEIGHT` of the targets, 1-65535"},
 			&cli.StringFlag{Name: "forward", Value: "nat", Usage: "forwarding `METHOD`: nat, dr or tunnel"},
+			&cli.StringSliceFlag{Name: "container", Usage: "a cluster service's target by container, `ID[@NETWORK]:PORT` (repeatable)"},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			if err := checkArgs(cmd, 2, -1); err != nil {
+			min := 2
+			if len(cmd.StringSlice("container")) > 0 {
+				min = 1
+			}
+			if err := checkArgs(cmd, min, -1); err != nil {
 				return err
 			}
 			fwd := cmd.String("forward")
@@ -107,6 +118,13 @@ func lbAddCommand(a *app) *cli.Command {
 			var targets []api.Target
 			for _, t := range cmd.Args().Tail() {
 				targets = append(targets, api.Target{Address: t, Weight: cmd.Int("weight"), Forward: fwd})
+			}
+			for _, v := range cmd.StringSlice("container") {
+				ct, err := api.ParseContainerTarget(v)
+				if err != nil {
+					return usageErrorf(cmd, "--container: %v", err)
+				}
+				targets = append(targets, ct.Target(cmd.Int("weight"), fwd))
 			}
 			return a.withController(ctx, func(c controller.Controller) error {
 				if err := c.AddTargets(ctx, name, targets); err != nil {
@@ -172,7 +190,8 @@ func lbRemoveCommand(a *app) *cli.Command {
 removed when its open connections have ended or DURATION has passed,
 whichever comes first; the command waits. Interrupted, the targets stay
 draining until the next lb command on the service, gc or restore, which
-remove them on the same terms.`,
+remove them on the same terms. A cluster service's container target is
+named by its address or by its container ID.`,
 		Flags: []cli.Flag{
 			&cli.DurationFlag{Name: "drain", Usage: "let open connections end first, for at most `DURATION`"},
 		},

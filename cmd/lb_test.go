@@ -111,3 +111,33 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 	t.Fatal("condition never held")
 }
+
+// lb add --container: a malformed one is a usage error; on a service that
+// is not a cluster's, one clear refusal; neither changes the service.
+func TestLBAddContainer(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.must("lb", "create", "demo", "10.254.2.10:80")
+	h.must("lb", "add", "demo", "10.254.1.2:80")
+	before := h.must("lb", "show", "demo", "--format", "json")
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"demo", "--container", "web-00"}, 2, `--container: container target "web-00": want ID:PORT or ID@NETWORK:PORT`},
+		{[]string{"demo", "--container", "web-00:0"}, 2, "the port must be 1-65535"},
+		{[]string{"demo", "--container", "web 00:80"}, 2, "container id"},
+		{[]string{"demo", "--container", "web-00@-net:80"}, 2, "network name"},
+		{[]string{"demo", "--container", "web-00:80"}, 1, "lb add demo: container target web-00:80: service demo is not a cluster service"},
+		{[]string{"demo", "10.254.1.3:80", "--container", "web-00@front:80"}, 1, "container target web-00@front:80"},
+	} {
+		r := h.run(append([]string{"lb", "add"}, tc.args...)...)
+		if ExitCode(r.err) != tc.code || !strings.Contains(r.line(), tc.want) || r.stdout != "" {
+			t.Errorf("lb add %q: exit %d, %q; want exit %d and %q", tc.args, ExitCode(r.err), r.line(), tc.code, tc.want)
+		}
+	}
+	if after := h.must("lb", "show", "demo", "--format", "json"); after != before {
+		t.Errorf("refused lb adds changed the service:\n%s", after)
+	}
+}

@@ -185,6 +185,10 @@ else
 		fail_early "the circuit binary does not build (go build .); VMTEST_CIRCUIT_BIN=FILE uses a prebuilt one"
 fi
 
+log "building circuit-agent"
+go build -ldflags='-s -w' -o "$work/bin/circuit-agent" ./circuit-agent ||
+	fail_early "circuit-agent does not build (go build ./circuit-agent)"
+
 log "building the CNI plugins"
 go build -ldflags='-s -w' -o "$work/cni/" tool ||
 	fail_early "the CNI plugins do not build (go build tool)"
@@ -334,7 +338,7 @@ for f in /etc/protocols /etc/services /etc/ethertypes; do
 	if [[ -f $f ]]; then cp "$f" "$root$f"; fi
 done
 # Optional tools: copied when the host has them.
-for t in runc curl conntrack ethtool; do
+for t in runc curl conntrack ethtool etcd; do
 	if p=$(command -v "$t"); then
 		copy_tool "$p" "/usr/sbin/$t"
 	fi
@@ -362,6 +366,7 @@ depmod -b "$root" "$kver"
 
 # The binaries under test.
 cp "$work/bin/circuit" "$root/usr/local/bin/circuit"
+cp "$work/bin/circuit-agent" "$root/usr/local/bin/circuit-agent"
 cp "$work"/cni/* "$root/opt/cni/bin/"
 if ((${#test_bins[@]})); then
 	cp "$work"/tests/*.test "$root/vmtest/tests/"

@@ -449,6 +449,11 @@ func testTargets(t *testing.T, e Env) {
 		{Address: "10.250.1.4:8080", Weight: 1, Forward: "nat"}, {Address: "[fd00::4]:8080", Weight: 1, Forward: "nat"}}), api.ErrInvalid)
 	isErr(t, "add to a missing service", c.AddTargets(ctx, "missing", []api.Target{{Address: "10.250.1.2:8080", Weight: 1, Forward: "nat"}}), api.ErrNotFound)
 	isErr(t, "add nothing", c.AddTargets(ctx, "web", nil), api.ErrInvalid)
+	// Only a cluster's agent knows where containers run.
+	ct, err := api.ParseContainerTarget("web-00:8080")
+	ok(t, err)
+	isErr(t, "add a container target to a local service", c.AddTargets(ctx, "web", []api.Target{
+		{Address: "10.250.1.5:8080", Weight: 1, Forward: "nat"}, ct.Target(1, "nat")}), api.ErrUnsupported)
 	s := must(c.ShowService(ctx, "web"))
 	var got []string
 	for _, tg := range s.Service.Targets {

@@ -48,7 +48,7 @@ func (f *Fake) setTarget(service string, ch api.TargetChange) error {
 		return err
 	}
 	next.Targets[i] = t
-	if err := lb.Validate(s.Backend, toLB(next)); err != nil {
+	if err := lb.Validate(s.Backend, lb.FromAPI(next)); err != nil {
 		return err
 	}
 	*s = next

@@ -828,23 +828,6 @@ func (f *Fake) ShowQoS(ctx context.Context, name string) ([]api.PeerQoS, error) 
 
 // --- load balancing ---------------------------------------------------------
 
-func toLB(s api.Service) lb.Service {
-	out := lb.Service{Name: s.Name, Address: s.Address, Protocol: s.Protocol, Scheduler: s.Scheduler, Persistence: s.Persistence}
-	for _, t := range s.Targets {
-		out.Targets = append(out.Targets, toLBTarget(t))
-	}
-	return out
-}
-
-// toLBTarget is what the kernel holds of a target: weight 0 while it drains.
-func toLBTarget(t api.Target) lb.Target {
-	w := t.Weight
-	if t.Draining() {
-		w = 0
-	}
-	return lb.Target{Address: t.Address, Weight: w, Forward: t.Forward}
-}
-
 // backend chooses a backend as the local controller does.
 func (f *Fake) backend(name string) (string, error) {
 	if name == api.BackendAuto || name == "" {
@@ -883,7 +866,7 @@ func (f *Fake) createService(svc api.Service) (*api.Service, error) {
 	svc.Backend = b
 	svc.Targets = []api.Target{}
 	svc.CreatedAt = f.Now()
-	if err := lb.Validate(b, toLB(svc)); err != nil {
+	if err := lb.Validate(b, lb.FromAPI(svc)); err != nil {
 		return nil, err
 	}
 	if _, ok := f.services[svc.Name]; ok {
@@ -929,6 +912,9 @@ func (f *Fake) addTargets(service string, targets []api.Target) error {
 	if len(targets) == 0 {
 		return api.Errorf(api.ErrInvalid, "no target given")
 	}
+	if err := api.LocalTargets(s, targets); err != nil {
+		return err
+	}
 	next := cloneService(*s)
 	for _, t := range targets {
 		if err := api.NormalizeTarget(&next, &t); err != nil {
@@ -939,7 +925,7 @@ func (f *Fake) addTargets(service string, targets []api.Target) error {
 		}
 		next.Targets = append(next.Targets, t)
 	}
-	if err := lb.Validate(s.Backend, toLB(next)); err != nil {
+	if err := lb.Validate(s.Backend, lb.FromAPI(next)); err != nil {
 		return err
 	}
 	*s = next

@@ -9,6 +9,7 @@ import (
 
 	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/ds"
+	"github.com/circuit-cni/circuit/pkg/lb"
 )
 
 // A drain gives a target weight 0 in the kernel (no new connections, the
@@ -178,7 +179,7 @@ func (c *Controller) activeConns(svc *api.Service) (map[string]uint64, error) {
 		return nil, err
 	}
 	defer b.Close()
-	st, err := b.Stats(toLB(*svc))
+	st, err := b.Stats(lb.FromAPI(*svc))
 	if errors.Is(err, api.ErrNotFound) {
 		return map[string]uint64{}, nil
 	}
@@ -210,8 +211,11 @@ func (c *Controller) abandonDrains(service string, addrs []string, until time.Ti
 }
 
 // leftDrains reports whether svc has a draining target no live process
-// waits on.
+// waits on. A cluster service's drains are circuit-agent's, never left.
 func (c *Controller) leftDrains(svc *api.Service) bool {
+	if svc.Cluster {
+		return false
+	}
 	return slices.ContainsFunc(svc.Targets, func(t api.Target) bool { return t.Draining() && !c.ownerRuns(&t.DrainOwner) })
 }
 

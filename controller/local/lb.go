@@ -12,25 +12,6 @@ import (
 	"github.com/circuit-cni/circuit/pkg/lb"
 )
 
-// toLB maps a service record to the load balancer's own description.
-func toLB(s api.Service) lb.Service {
-	out := lb.Service{Name: s.Name, Address: s.Address, Protocol: s.Protocol, Scheduler: s.Scheduler, Persistence: s.Persistence}
-	for _, t := range s.Targets {
-		out.Targets = append(out.Targets, toLBTarget(t))
-	}
-	return out
-}
-
-// toLBTarget is what the kernel holds of a target: weight 0 while it
-// drains (no new connections).
-func toLBTarget(t api.Target) lb.Target {
-	w := t.Weight
-	if t.Draining() {
-		w = 0
-	}
-	return lb.Target{Address: t.Address, Weight: w, Forward: t.Forward}
-}
-
 // status maps a backend's counters onto a service record.
 func status(s api.Service, st *lb.Stats) *api.ServiceStatus {
 	out := &api.ServiceStatus{Service: s, Stats: api.Counters(st.Service), Targets: map[string]api.Counters{}, Active: map[string]uint64{}}
@@ -69,7 +50,7 @@ func (c *Controller) CreateService(ctx context.Context, svc api.Service) (*api.S
 	svc.Backend = b.Name()
 	svc.Targets = []api.Target{}
 	svc.CreatedAt = time.Now().UTC()
-	if err := b.Validate(toLB(svc)); err != nil {
+	if err := b.Validate(lb.FromAPI(svc)); err != nil {
 		return nil, fmt.Errorf("lb create %s: %w", svc.Name, err)
 	}
 	// Whatever the kernel already balances on this address is not circuit's.
@@ -95,8 +76,8 @@ func (c *Controller) CreateService(ctx context.Context, svc api.Service) (*api.S
 	if err != nil {
 		return nil, fmt.Errorf("lb create %s: %w", svc.Name, err)
 	}
-	if err := b.Ensure(toLB(svc)); err != nil {
-		b.Delete(toLB(svc))
+	if err := b.Ensure(lb.FromAPI(svc)); err != nil {
+		b.Delete(lb.FromAPI(svc))
 		c.forgetService(ctx, svc.Name)
 		return nil, fmt.Errorf("lb create %s: %s backend: %w", svc.Name, b.Name(), err)
 	}
@@ -165,7 +146,7 @@ func (c *Controller) changeTargetsLocked(ctx context.Context, name string, edit 
 		return err
 	}
 	defer b.Close()
-	if err := b.Validate(toLB(next)); err != nil {
+	if err := b.Validate(lb.FromAPI(next)); err != nil {
 		return err
 	}
 	if err := c.foreign(b, old); err != nil {
@@ -188,15 +169,15 @@ func (c *Controller) changeTargetsLocked(ctx context.Context, name string, edit 
 	for _, t := range changed {
 		switch op {
 		case opRemove:
-			err = b.RemoveTarget(toLB(next), toLBTarget(t))
+			err = b.RemoveTarget(lb.FromAPI(next), lb.TargetFromAPI(t))
 		case opSet:
-			err = b.SetTarget(toLB(next), toLBTarget(t))
+			err = b.SetTarget(lb.FromAPI(next), lb.TargetFromAPI(t))
 		default:
-			err = b.AddTarget(toLB(next), toLBTarget(t))
+			err = b.AddTarget(lb.FromAPI(next), lb.TargetFromAPI(t))
 		}
 		if err != nil {
 			err = fmt.Errorf("%s backend: %w", b.Name(), err)
-			if rerr := b.Ensure(toLB(*old)); rerr != nil {
+			if rerr := b.Ensure(lb.FromAPI(*old)); rerr != nil {
 				c.log.WithError(rerr).Warnf("rollback: restore service %s in the kernel", name)
 			}
 			rerr := c.store.Update(context.WithoutCancel(ctx), func(tx ds.Tx) error {
@@ -227,6 +208,9 @@ func (c *Controller) AddTargets(ctx context.Context, service string, targets []a
 	err := c.changeTargets(ctx, service, func(svc *api.Service) ([]api.Target, error) {
 		if len(targets) == 0 {
 			return nil, api.Errorf(api.ErrInvalid, "no target given")
+		}
+		if err := api.LocalTargets(svc, targets); err != nil {
+			return nil, err
 		}
 		var added []api.Target
 		for _, t := range targets {
@@ -306,7 +290,7 @@ func (c *Controller) DeleteService(ctx context.Context, service string) error {
 		if ferr := c.foreign(b, svc); ferr != nil {
 			c.log.Warnf("lb delete %s: %v", service, ferr) // the record goes, the kernel's service stays
 		} else {
-			derr = b.Delete(toLB(*svc))
+			derr = b.Delete(lb.FromAPI(*svc))
 		}
 		b.Close()
 		if derr != nil && !errors.Is(derr, api.ErrUnsupported) {
@@ -350,7 +334,7 @@ func (c *Controller) ShowService(ctx context.Context, service string) (*api.Serv
 		return nil, fmt.Errorf("lb show %s: %w", service, err)
 	}
 	defer b.Close()
-	st, err := b.Stats(toLB(*svc))
+	st, err := b.Stats(lb.FromAPI(*svc))
 	if err != nil {
 		return nil, fmt.Errorf("lb show %s: %s backend: %w", service, svc.Backend, err)
 	}
@@ -409,7 +393,7 @@ func (c *Controller) restoreService(ctx context.Context, svc *api.Service) (stri
 	}
 	defer b.Close()
 	verb := "restored"
-	st, err := b.Stats(toLB(*svc))
+	st, err := b.Stats(lb.FromAPI(*svc))
 	switch {
 	case errors.Is(err, api.ErrNotFound):
 	case err != nil:
@@ -427,7 +411,7 @@ func (c *Controller) restoreService(ctx context.Context, svc *api.Service) (stri
 			verb = "repaired the targets of"
 		}
 	}
-	if err := b.Ensure(toLB(*svc)); err != nil {
+	if err := b.Ensure(lb.FromAPI(*svc)); err != nil {
 		return "", fmt.Errorf("%s backend: %w", b.Name(), err)
 	}
 	if boot := c.k.procs.BootID(); svc.BootID != boot {
@@ -455,7 +439,7 @@ func (c *Controller) foreign(b lb.Backend, svc *api.Service) error {
 	if b.Name() != api.BackendIPVS {
 		return nil
 	}
-	st, err := b.Stats(toLB(*svc))
+	st, err := b.Stats(lb.FromAPI(*svc))
 	if errors.Is(err, api.ErrNotFound) {
 		return nil
 	}
@@ -482,7 +466,7 @@ func sameTargets(kernel []lb.Target, want []api.Target) bool {
 		if i < 0 {
 			return false
 		}
-		k, w := kernel[i], toLBTarget(t)
+		k, w := kernel[i], lb.TargetFromAPI(t)
 		if k.Weight != w.Weight || (k.Forward != "" && k.Forward != w.Forward) {
 			return false
 		}

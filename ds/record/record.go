@@ -129,6 +129,8 @@ type Target struct {
 	Forward    string    `json:"forward,omitempty"`
 	DrainUntil time.Time `json:"drainUntil,omitzero"`
 	DrainOwner *Process  `json:"drainOwner,omitempty"`
+	Container  string    `json:"container,omitempty"`
+	Network    string    `json:"network,omitempty"`
 }
 
 // EncodeNetwork writes a network's record; n.Peers is not part of it.
@@ -195,7 +197,7 @@ func EncodeService(s *api.Service) ([]byte, error) {
 		BootID: s.BootID, Cluster: s.Cluster, DrainNanos: int64(s.Drain),
 	}
 	for _, t := range s.Targets {
-		rt := Target{Address: t.Address, Weight: t.Weight, Forward: t.Forward, DrainUntil: t.DrainUntil}
+		rt := Target{Address: t.Address, Weight: t.Weight, Forward: t.Forward, DrainUntil: t.DrainUntil, Container: t.Container, Network: t.Network}
 		if t.DrainOwner != (api.Process{}) {
 			rt.DrainOwner = encodeProcess(&t.DrainOwner)
 		}
@@ -216,7 +218,7 @@ func DecodeService(b []byte) (*api.Service, error) {
 		BootID: r.BootID, Cluster: r.Cluster, Drain: time.Duration(r.DrainNanos),
 	}
 	for _, t := range r.Targets {
-		at := api.Target{Address: t.Address, Weight: t.Weight, Forward: t.Forward, DrainUntil: t.DrainUntil}
+		at := api.Target{Address: t.Address, Weight: t.Weight, Forward: t.Forward, DrainUntil: t.DrainUntil, Container: t.Container, Network: t.Network}
 		if o := decodeProcess(t.DrainOwner); o != nil {
 			at.DrainOwner = *o
 		}

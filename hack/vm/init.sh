@@ -124,6 +124,7 @@ ip link add eth0 type dummy &&
 export CIRCUIT_TEST_VM=1
 export CIRCUIT_TEST_CNI_PATH=/opt/cni/bin
 export CIRCUIT_TEST_BIN=/usr/local/bin/circuit
+export CIRCUIT_TEST_AGENT=/usr/local/bin/circuit-agent
 export CIRCUIT_TEST_BUSYBOX=/bin/busybox
 export HOME=/root
 export TMPDIR=/tmp

@@ -111,3 +111,22 @@ func Validate(backend string, svc Service) error {
 	}
 	return api.Errorf(api.ErrInvalid, "lb: backend %q: want %s or %s", backend, IPVS, Nftables)
 }
+
+// FromAPI is what the kernel holds of a service record.
+func FromAPI(s api.Service) Service {
+	out := Service{Name: s.Name, Address: s.Address, Protocol: s.Protocol, Scheduler: s.Scheduler, Persistence: s.Persistence}
+	for _, t := range s.Targets {
+		out.Targets = append(out.Targets, TargetFromAPI(t))
+	}
+	return out
+}
+
+// TargetFromAPI is what the kernel holds of a target: weight 0 while it
+// drains (no new connections).
+func TargetFromAPI(t api.Target) Target {
+	w := t.Weight
+	if t.Draining() {
+		w = 0
+	}
+	return Target{Address: t.Address, Weight: w, Forward: t.Forward}
+}

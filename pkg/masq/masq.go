@@ -4,12 +4,21 @@
 // addresses across nodes, and reach the rest of the world with their
 // node's.
 //
+// Into an overlay, traffic from outside the ranges (a node's own, or a
+// client balanced to a container on another node) is masqueraded to the
+// overlay device's address, which is in the ranges: the answer then comes
+// back through the node that sent it, where conntrack undoes the NAT (and
+// a service's DNAT). Without it the other node would answer the client
+// directly, masqueraded, and the client would drop what it never asked.
+//
 // The table holds one NAT chain at postrouting:
 //
-//	oifname "cvx4096" return             each overlay device: never NATed
-//	ip daddr 10.244.0.0/16 return        each range: stays inside the ranges
+//	oifname "cvx4096" ip saddr 10.244.0.0/16 return   each overlay and range: inside, never NATed
+//	oifname "cvx4096" ip6 saddr fd00:244::/112 return
+//	oifname "cvx4096" masquerade                      from outside the ranges into an overlay
+//	ip daddr 10.244.0.0/16 return                     each range: stays inside the ranges
 //	ip6 daddr fd00:244::/112 return
-//	ip saddr 10.244.0.0/16 masquerade    each range: leaves them, masqueraded
+//	ip saddr 10.244.0.0/16 masquerade                 each range: leaves them, masqueraded
 //	ip6 saddr fd00:244::/112 masquerade
 //
 // Sync writes the table whole, in one nftables transaction, when it
@@ -64,7 +73,7 @@ func (r Rules) normalize() Rules {
 // fingerprint names the rules r makes.
 func (r Rules) fingerprint() []byte {
 	var b strings.Builder
-	b.WriteString("circuit-cluster v1\n")
+	b.WriteString("circuit-cluster v2\n")
 	for _, o := range r.Overlays {
 		fmt.Fprintf(&b, "oif %s\n", o)
 	}
@@ -208,11 +217,14 @@ func isNotExist(err error) bool {
 func rules(r Rules) [][]expr.Any {
 	var out [][]expr.Any
 	for _, o := range r.Overlays {
-		out = append(out, []expr.Any{
+		oif := []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(o)},
-			&expr.Verdict{Kind: expr.VerdictReturn},
-		})
+		}
+		for _, p := range r.Ranges {
+			out = append(out, slices.Concat(oif, matchPrefix(p, true), []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}}))
+		}
+		out = append(out, append(slices.Clone(oif), &expr.Masq{}))
 	}
 	for _, p := range r.Ranges {
 		out = append(out, append(matchPrefix(p, false), &expr.Verdict{Kind: expr.VerdictReturn}))

@@ -17,12 +17,7 @@ func TestMasqueradeLeavesRangesOnly(t *testing.T) {
 	if testutil.InVM() {
 		t.Skip("needs no kernel the host lacks")
 	}
-	node, ctr, out := testutil.RandName("msq-"), testutil.RandName("msq-"), testutil.RandName("msq-")
-	for _, ns := range []string{node, ctr, out} {
-		testutil.Run(t, "ip", "netns", "add", ns)
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-		testutil.Run(t, "ip", "-n", ns, "link", "set", "lo", "up")
-	}
+	node, ctr, out := namespaces(t)
 	run := func(args ...string) string { t.Helper(); return testutil.Run(t, "ip", args...) }
 	run("-n", node, "link", "add", "c0", "type", "veth", "peer", "name", "eth0", "netns", ctr)
 	run("-n", node, "link", "add", "u0", "type", "veth", "peer", "name", "eth0", "netns", out)
@@ -57,7 +52,7 @@ func TestMasqueradeLeavesRangesOnly(t *testing.T) {
 		t.Errorf("the container does not reach the outside through masquerade: %v", err)
 	}
 	list := testutil.Run(t, "ip", "netns", "exec", node, "nft", "list", "table", "inet", Table)
-	for _, want := range []string{`oifname "cvx4096" return`, "ip daddr 10.246.0.0/16 return", "ip6 daddr fd00:246::/112 return",
+	for _, want := range []string{`oifname "cvx4096" ip saddr 10.246.0.0/16 return`, `oifname "cvx4096" masquerade`, "ip daddr 10.246.0.0/16 return", "ip6 daddr fd00:246::/112 return",
 		"ip saddr 10.246.0.0/16 masquerade", "ip6 saddr fd00:246::/112 masquerade", "type nat hook postrouting priority srcnat"} {
 		if !strings.Contains(list, want) {
 			t.Errorf("table lacks %q:\n%s", want, list)
@@ -86,4 +81,61 @@ func TestMasqueradeLeavesRangesOnly(t *testing.T) {
 	if err := h.Remove(); err != nil {
 		t.Errorf("removing an absent table: %v", err)
 	}
+}
+
+// Root tier: traffic from outside the ranges into an overlay is
+// masqueraded to the overlay device's address, so the answer comes back
+// through the node: an "outside" client (10.245.0.2) reaches a "remote
+// container" (10.246.1.2) behind the node's overlay device only so,
+// because the container has no route to the client.
+func TestMasqueradeIntoOverlay(t *testing.T) {
+	testutil.RequireRoot(t)
+	if testutil.InVM() {
+		t.Skip("needs no kernel the host lacks")
+	}
+	node, remote, out := namespaces(t)
+	run := func(args ...string) string { t.Helper(); return testutil.Run(t, "ip", args...) }
+	// cvxmasq stands for the overlay device: it holds the node's address
+	// in the range, and the remote side knows only the range.
+	run("-n", node, "link", "add", "cvxmasq", "type", "veth", "peer", "name", "eth0", "netns", remote)
+	run("-n", node, "link", "add", "u0", "type", "veth", "peer", "name", "eth0", "netns", out)
+	run("-n", node, "addr", "add", "10.246.0.1/16", "dev", "cvxmasq")
+	run("-n", node, "addr", "add", "10.245.0.1/24", "dev", "u0")
+	run("-n", remote, "addr", "add", "10.246.1.2/16", "dev", "eth0")
+	run("-n", out, "addr", "add", "10.245.0.2/24", "dev", "eth0")
+	for _, x := range [][2]string{{node, "cvxmasq"}, {node, "u0"}, {remote, "eth0"}, {out, "eth0"}} {
+		run("-n", x[0], "link", "set", x[1], "up")
+	}
+	run("-n", out, "route", "add", "10.246.0.0/16", "via", "10.245.0.1")
+	testutil.Run(t, "ip", "netns", "exec", node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	h, err := Open("/run/netns/" + node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	ping := func() error {
+		return exec.Command("ip", "netns", "exec", out, "ping", "-c", "1", "-W", "1", "10.246.1.2").Run()
+	}
+	if ping() == nil {
+		t.Fatal("the remote container answers the outside without masquerade: the test proves nothing")
+	}
+	r := Rules{Ranges: []netip.Prefix{netip.MustParsePrefix("10.246.0.0/16")}, Overlays: []string{"cvxmasq"}}
+	if _, err := h.Sync(r); err != nil {
+		t.Fatal(err)
+	}
+	if err := ping(); err != nil {
+		t.Errorf("the outside does not reach the remote container through masquerade: %v", err)
+	}
+}
+
+// namespaces makes three network namespaces (lo up), removed after t.
+func namespaces(t *testing.T) (string, string, string) {
+	var ns [3]string
+	for i := range ns {
+		ns[i] = testutil.RandName("msq-")
+		testutil.Run(t, "ip", "netns", "add", ns[i])
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns[i]).Run() })
+		testutil.Run(t, "ip", "-n", ns[i], "link", "set", "lo", "up")
+	}
+	return ns[0], ns[1], ns[2]
 }
