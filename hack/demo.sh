@@ -31,27 +31,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# show prints a command as typed, then runs it.
-show() { printf '\n$> %s\n' "$*"; "$@"; }
+. "$root/hack/demo-lib.sh"
 
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (circuit changes network namespaces)"; exit 1; }
 for id in web-00 web-01; do
 	if runc state "$id" >/dev/null 2>&1; then echo "demo: a runc container named $id exists already; not touching it"; exit 1; fi
 done
-
-# A busybox rootfs bundle running an httpd that names its container.
-bundle() {
-	local id=$1 dir=$work/$1
-	mkdir -p "$dir/rootfs/bin" "$dir/rootfs/www" "$dir/rootfs/proc" "$dir/rootfs/sys" "$dir/rootfs/dev" "$dir/rootfs/etc"
-	cp /bin/busybox "$dir/rootfs/bin/busybox"
-	for a in sh sleep ping ip httpd wget cat; do ln -sf busybox "$dir/rootfs/bin/$a"; done
-	echo "hello from $id" >"$dir/rootfs/www/index.html"
-	(cd "$dir" && runc spec)
-	sed -i -e 's/"terminal": true/"terminal": false/' \
-		-e 's|"sh"|"httpd", "-f", "-p", "80", "-h", "/www"|' \
-		-e 's/"CAP_AUDIT_WRITE",/"CAP_AUDIT_WRITE", "CAP_NET_RAW",/g' "$dir/config.json"
-	echo "$dir"
-}
 
 cat >"$work/sandbox.conf" <<CONF
 {
