@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The seed's walkthrough, for real: a CNI network, a busybox runc container
-# connected to it, QoS, a load-balanced service, a published port, and
-# everything removed again. Each command is printed as a person would type it, with its output.
-# Uses its own state dir (CIRCUIT_STATE) and bridge, so nothing else on the
-# host changes; the containers are web-00 and web-01 under runc's default root.
+# connected to it, QoS, a load-balanced service, a published port; then
+# hack/demo-cluster.sh: two nodes (network namespaces), one etcd and a
+# circuit-agent per node, a cluster network over VXLAN, and a container on
+# node1 pinging and fetching the page of one on node2. Everything is removed
+# again. Each command is printed as a person would type it, with its output.
+# Uses its own state dirs (CIRCUIT_STATE), bridges and etcd, so nothing else
+# on the host changes; the containers are web-00 and web-01 (then web-n1 and
+# web-n2) under runc's default root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -31,27 +35,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# show prints a command as typed, then runs it.
-show() { printf '\n$> %s\n' "$*"; "$@"; }
+. "$root/hack/demo-lib.sh"
 
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (circuit changes network namespaces)"; exit 1; }
 for id in web-00 web-01; do
 	if runc state "$id" >/dev/null 2>&1; then echo "demo: a runc container named $id exists already; not touching it"; exit 1; fi
 done
-
-# A busybox rootfs bundle running an httpd that names its container.
-bundle() {
-	local id=$1 dir=$work/$1
-	mkdir -p "$dir/rootfs/bin" "$dir/rootfs/www" "$dir/rootfs/proc" "$dir/rootfs/sys" "$dir/rootfs/dev" "$dir/rootfs/etc"
-	cp /bin/busybox "$dir/rootfs/bin/busybox"
-	for a in sh sleep ping ip httpd wget cat; do ln -sf busybox "$dir/rootfs/bin/$a"; done
-	echo "hello from $id" >"$dir/rootfs/www/index.html"
-	(cd "$dir" && runc spec)
-	sed -i -e 's/"terminal": true/"terminal": false/' \
-		-e 's|"sh"|"httpd", "-f", "-p", "80", "-h", "/www"|' \
-		-e 's/"CAP_AUDIT_WRITE",/"CAP_AUDIT_WRITE", "CAP_NET_RAW",/g' "$dir/config.json"
-	echo "$dir"
-}
 
 cat >"$work/sandbox.conf" <<CONF
 {
@@ -142,5 +131,8 @@ show circuit network delete web
 show circuit network disconnect "$pid" sandbox
 show circuit network disconnect web-01 sandbox
 show circuit network delete sandbox
+
+# Many hosts: two nodes, each its own network namespace, state and agent.
+"$root/hack/demo-cluster.sh"
 echo
-echo "# demo done: containers, network, bridge and state are removed on exit"
+echo "# demo done: containers, networks, bridges, nodes, etcd and state are removed on exit"
