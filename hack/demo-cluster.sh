@@ -90,6 +90,7 @@ for n in "${nodes[@]}"; do
 	ip -n "cdemo-$n" addr add "$net.1$i/24" dev eth0
 	ip -n "cdemo-$n" link set eth0 up
 	ip -n "cdemo-$n" link set lo up
+	ip -n "cdemo-$n" route add default via "$net.1"
 done
 etcd --name cdemo --data-dir "$work/etcd" --listen-client-urls "$etcd_url" --advertise-client-urls "$etcd_url" \
 	--listen-peer-urls "$etcd_peer" --initial-advertise-peer-urls "$etcd_peer" --initial-cluster "cdemo=$etcd_peer" \
@@ -117,7 +118,7 @@ cat >blue.conflist <<'CONF'
   "name": "blue",
   "plugins": [{
     "type": "bridge", "bridge": "br-blue", "isGateway": true,
-    "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.253.0.0/16"}]]}
+    "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.253.0.0/16"}]], "routes": [{"dst": "0.0.0.0/0"}]}
   }]
 }
 CONF
@@ -147,4 +148,18 @@ onshow node1 runc exec web-n1 ping -c 3 "$ip2"
 converge "node2's httpd answers node1's container" on node1 runc exec web-n1 wget -q -O /dev/null "http://$ip2/"
 onshow node1 runc exec web-n1 wget -q -O - "http://$ip2/"
 
-# service across nodes: added with cross-host lb
+# A service across nodes: every node's agent balances it, to containers on
+# both nodes, tied to them by ID.
+vip=10.254.9.1
+onshow node1 circuit lb create --cluster web "$vip:80"
+# node2 tells etcd where web-n2 is a moment after its connect.
+converge "node1 knows where web-n2 is" sh -c "CIRCUIT_STATE=$work/node1 nsenter --net=/run/netns/cdemo-node1 circuit network inspect blue | grep -q web-n2"
+onshow node1 circuit lb add web --container web-n1:80 --container web-n2:80
+balanced() { [ "$(on node2 circuit lb show web --format '{{len .Service.Targets}}')" = 2 ] && on node2 curl -sf -m 1 "http://$vip/" >/dev/null; }
+converge "node2 balances web to both containers" balanced
+onshow node2 circuit lb show web
+for n in node2 node1; do
+	printf '\n%s$> for i in 1 2 3 4; do curl -s http://%s/; done\n' "$n" "$vip"
+	for _ in 1 2 3 4; do on "$n" curl -s -m 5 "http://$vip/"; done
+done
+onshow node1 circuit lb delete web

@@ -34,15 +34,17 @@ var allowed = []struct {
 	{"ds", []string{"api"}, []string{"internal/ruletable"}},
 	{"controller/contract", []string{"api", "controller", "internal/ruletable"}, nil},
 	{"controller/fake", []string{"api", "controller", "pkg/cni", "pkg/lb", "pkg/qos"}, nil},
-	{"controller/local", []string{"api", "agentapi", "controller", "ds", "pkg"}, []string{"internal/ruletable"}},
+	{"controller/local", []string{"api", "agentapi", "controller", "ds", "internal/filelock", "pkg"}, []string{"internal/ruletable"}},
+	{"internal/filelock", []string{"api"}, nil},
 	{"agentapi", []string{"api"}, nil},
 	{"controller", []string{"api"}, nil},
 	{"agentapi", []string{"api"}, nil},
 	// The node agent: the cluster's state in etcd, the node's replica in
 	// its bolt store, configurations through pkg/cni, the node's kernel
-	// through pkg/overlay and pkg/masq; never the controllers or the CLI
-	// (circuit talks to it through agentapi).
-	{"agent", []string{"api", "agentapi", "ds", "pkg/cni", "pkg/overlay", "pkg/masq"}, nil},
+	// through pkg/overlay, pkg/masq and pkg/lb (under circuit's lb.lock,
+	// internal/filelock); never the controllers or the CLI (circuit talks
+	// to it through agentapi).
+	{"agent", []string{"api", "agentapi", "ds", "internal/filelock", "pkg/cni", "pkg/overlay", "pkg/masq", "pkg/lb"}, nil},
 	{"circuit-agent", []string{"agent", "api"}, nil},
 }
 
