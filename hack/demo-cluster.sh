@@ -158,8 +158,9 @@ onshow node1 circuit lb add web --container web-n1:80 --container web-n2:80
 balanced() { [ "$(on node2 circuit lb show web --format '{{len .Service.Targets}}')" = 2 ] && on node2 curl -sf -m 1 "http://$vip/" >/dev/null; }
 converge "node2 balances web to both containers" balanced
 onshow node2 circuit lb show web
-for n in node2 node1; do
-	printf '\n%s$> for i in 1 2 3 4; do curl -s http://%s/; done\n' "$n" "$vip"
-	for _ in 1 2 3 4; do on "$n" curl -s -m 5 "http://$vip/"; done
-done
+printf '\nnode2$> for i in 1 2 3 4; do curl -s http://%s/; done\n' "$vip"
+for _ in 1 2 3 4; do on node2 curl -s -m 5 "http://$vip/"; done
+# A target reaching its own service gets itself too.
+printf '\nnode1$> runc exec web-n1 sh -c '\''for i in 1 2 3 4; do wget -q -O - http://%s/; done'\''\n' "$vip"
+on node1 runc exec web-n1 sh -c "for i in 1 2 3 4; do wget -q -O - http://$vip/; done"
 onshow node1 circuit lb delete web

@@ -60,8 +60,10 @@ var masqPlugins = []string{"bridge", "ptp"}
 // adds a route to each of c.Ranges; the plugin that holds the IPAM runs
 // with the overlay's MTU and without its own masquerade (ipMasq false:
 // circuit-agent masquerades what leaves the ranges, so containers see
-// each other's own addresses across nodes). Everything else stays as
-// written.
+// each other's own addresses across nodes); a bridge gets hairpinMode
+// unless the configuration says otherwise, so that a target of a cluster
+// service reaches the service when it is balanced to itself. Everything
+// else stays as written.
 func ForCluster(raw []byte, c Cluster) ([]byte, error) {
 	top, plugin, err := ipamSection(raw)
 	if err != nil {
@@ -74,6 +76,11 @@ func ForCluster(raw []byte, c Cluster) ([]byte, error) {
 	typ, _ := plugin["type"].(string)
 	if _, ok := plugin["ipMasq"]; ok || slices.Contains(masqPlugins, typ) {
 		plugin["ipMasq"] = false
+	}
+	// Every node balances the cluster's services, whose targets may call
+	// them: a bridge must let a frame back out the port it came in by.
+	if _, ok := plugin["hairpinMode"]; !ok && typ == "bridge" {
+		plugin["hairpinMode"] = true
 	}
 	if c.MTU > 0 && slices.Contains(mtuPlugins, typ) {
 		if cur, ok := plugin["mtu"].(float64); !ok || cur <= 0 || int(cur) > c.MTU {

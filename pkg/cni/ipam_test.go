@@ -30,8 +30,8 @@ func TestIPAMRangesAndForCluster(t *testing.T) {
 	// A route to each range beside the configuration's own; no masquerade
 	// of the plugin's; the overlay's MTU.
 	if !strings.Contains(string(out), `"routes":[{"dst":"0.0.0.0/0"},{"dst":"10.1.0.0/16"},{"dst":"fd00:1::/64"}]`) ||
-		!strings.Contains(string(out), `"ipMasq":false`) || !strings.Contains(string(out), `"mtu":1450`) {
-		t.Errorf("ForCluster routes, ipMasq or MTU:\n%s", out)
+		!strings.Contains(string(out), `"ipMasq":false`) || !strings.Contains(string(out), `"mtu":1450`) || !strings.Contains(string(out), `"hairpinMode":true`) {
+		t.Errorf("ForCluster routes, ipMasq, MTU or hairpinMode:\n%s", out)
 	}
 	var back map[string]any
 	if json.Unmarshal(out, &back) != nil {
@@ -51,10 +51,11 @@ func TestIPAMRangesAndForCluster(t *testing.T) {
 	}
 	// A smaller MTU the configuration asks for stays; a plugin without
 	// ipMasq and MTU gets neither; a route already there is not repeated.
-	small := []byte(`{"cniVersion": "1.0.0", "name": "m", "type": "bridge", "mtu": 1300, "ipMasq": true,
+	small := []byte(`{"cniVersion": "1.0.0", "name": "m", "type": "bridge", "mtu": 1300, "ipMasq": true, "hairpinMode": false,
 	  "ipam": {"type": "host-local", "subnet": "10.3.0.0/16", "routes": [{"dst": "10.3.0.0/16"}]}}`)
 	out, _ = ForCluster(small, Cluster{Blocks: []string{"10.3.1.0/24"}, Ranges: []string{"10.3.0.0/16"}, MTU: 1450})
-	if !strings.Contains(string(out), `"mtu":1300`) || !strings.Contains(string(out), `"ipMasq":false`) || strings.Count(string(out), "10.3.0.0/16") != 1 {
+	if !strings.Contains(string(out), `"mtu":1300`) || !strings.Contains(string(out), `"ipMasq":false`) || strings.Count(string(out), "10.3.0.0/16") != 1 ||
+		!strings.Contains(string(out), `"hairpinMode":false`) {
 		t.Errorf("small MTU kept: %s", out)
 	}
 	other := []byte(`{"cniVersion": "1.0.0", "name": "o", "type": "circuit-test-plugin", "ipam": {"type": "host-local", "subnet": "10.4.0.0/16"}}`)

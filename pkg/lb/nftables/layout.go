@@ -58,6 +58,9 @@ func (b *batch) createTable() {
 		}
 	}
 	b.addSet(hairpinSetDef(), nil)
+	for _, v6 := range []bool{false, true} {
+		b.addSet(hairpinSelfSetDef(v6), nil)
+	}
 	pre, out, post := natChains()
 	for _, ch := range []*nftables.Chain{pre, out} {
 		b.addChain(ch)
@@ -93,6 +96,7 @@ func (b *batch) upgradeTable(vips [2][][]byte) {
 			elems = append(elems, nftables.SetElement{Key: k})
 		}
 		b.addElems(ref(vipsSet(v6)), elems)
+		b.addSet(hairpinSelfSetDef(v6), nil)
 	}
 	_, _, post := natChains()
 	b.flushChain(post)
@@ -117,8 +121,37 @@ func (b *batch) addHairpinRules() {
 	for _, f := range fams {
 		for _, p := range protocols {
 			b.raw(rawRule(chainPostrouting, hairpinRule(f, p)))
+			b.raw(rawRule(chainPostrouting, hairpinSelfRule(f, p)))
 		}
 	}
+}
+
+// hairpinSelfRule masquerades a connection DNATed to a VIP of ours back to
+// its own client: a target that reaches its own service. Its reply would
+// otherwise come from and go to the same address, and never reach the
+// client as the VIP's. Where br_netfilter runs the bridge's packets
+// through these hooks, the interface rule above does not see such a
+// connection (the bridge sends it back out the port it came from, a
+// bridge port, not the bridge), so this rule compares addresses: it adds
+// {daddr . daddr} to @hairpin-selfN and looks up {saddr . daddr}, a hit
+// meaning saddr == daddr. The bridge must also let a frame out the port it
+// came in by (the bridge plugin's "hairpinMode": true); without it the
+// first packet is dropped and the client's retry is balanced afresh.
+func hairpinSelfRule(f fam, proto uint8) []any {
+	addr := func(at, reg uint32) *expr.Payload {
+		return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: at, Len: f.addrLen}
+	}
+	second := f.reg(0) // the word after an address at regKey
+	return cat(ctStatus(ipsDstNAT, true), matchFam(f, proto), ctVIP(f), []any{
+		lookup(vipsSet(f.v6), regKey),
+		addr(f.daddrAt, regKey),
+		addr(f.daddrAt, second),
+		&expr.Dynset{SrcRegKey: regKey, SetName: hairpinSelfSet(f.v6), Operation: unix.NFT_DYNSET_OP_UPDATE},
+		addr(f.saddrAt, regKey),
+		addr(f.daddrAt, second),
+		lookup(hairpinSelfSet(f.v6), regKey),
+		&expr.Masq{},
+	})
 }
 
 // dispatchRule: <family> daddr . l4proto . th dport vmap @servicesN

@@ -30,6 +30,9 @@ const (
 	setHairpinIf = "hairpin-if" // {oif . oif}: lets a rule test iif == oif
 )
 
+// hairpinSelfSet holds {daddr . daddr}: lets a rule test saddr == daddr.
+func hairpinSelfSet(v6 bool) string { return "hairpin-self" + famSuffix(v6) }
+
 func table() *nftables.Table {
 	return &nftables.Table{Name: tableName, Family: nftables.TableFamilyINet}
 }

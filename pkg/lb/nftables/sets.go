@@ -81,6 +81,13 @@ func hairpinSetDef() *nftables.Set {
 		KeyType: concat(nftables.TypeIFIndex, nftables.TypeIFIndex)}
 }
 
+// hairpinSelfSetDef: see hairpinSelfRule.
+func hairpinSelfSetDef(v6 bool) *nftables.Set {
+	return &nftables.Set{Table: table(), Name: hairpinSelfSet(v6), Dynamic: true,
+		HasTimeout: true, Timeout: hairpinTimeout, Size: 65536, Concatenation: true,
+		KeyType: concat(addrType(v6), addrType(v6))}
+}
+
 // affinityMapDef maps a persistent service's clients to their targets;
 // each client's entry lives for the persistence after its last new
 // connection.
