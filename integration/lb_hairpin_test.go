@@ -4,6 +4,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/circuit-cni/circuit/pkg/testutil"
 )
 
 // A target reaches its own service: its connections balanced to itself
@@ -28,6 +30,11 @@ func TestLBTargetReachesItself(t *testing.T) {
 	c.must("network", "create", conf)
 	a := c.httpdContainer("lbself", "lsa")
 	b := c.httpdContainer("lbself", "lsb")
+	if testutil.InVM() {
+		// IPVS has no rule of circuit's to masquerade with on one host;
+		// cluster services get it from circuit-agent (TestClusterLB).
+		t.Skip("a target balanced to itself by a local IPVS service is not masqueraded: nftables only")
+	}
 	for _, backend := range lbBackends(t) {
 		const vip = "10.220.64.1:80"
 		c.lbService("self", "--backend", backend, vip)

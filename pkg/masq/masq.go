@@ -11,8 +11,17 @@
 // a service's DNAT). Without it the other node would answer the client
 // directly, masqueraded, and the client would drop what it never asked.
 //
-// The table holds one NAT chain at postrouting:
+// A container balanced to itself by a service of the cluster (IPVS, or
+// nftables) would get its own packet back with its own address as the
+// source, and drop it: traffic to the ranges whose source is its
+// destination is masqueraded, to the bridge's address. nftables cannot
+// compare two addresses, so the rule adds {daddr . daddr} to a set and
+// looks up {saddr . daddr}: a hit means they are equal.
 //
+// The table holds a set per family for that, and one NAT chain at
+// postrouting:
+//
+//	oifname != "lo" ip daddr 10.244.0.0/16 update @self4 { ip daddr . ip daddr } ip saddr . ip daddr @self4 masquerade
 //	oifname "cvx4096" ip saddr 10.244.0.0/16 return   each overlay and range: inside, never NATed
 //	oifname "cvx4096" ip6 saddr fd00:244::/112 return
 //	oifname "cvx4096" masquerade                      from outside the ranges into an overlay
@@ -35,6 +44,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -73,7 +83,7 @@ func (r Rules) normalize() Rules {
 // fingerprint names the rules r makes.
 func (r Rules) fingerprint() []byte {
 	var b strings.Builder
-	b.WriteString("circuit-cluster v2\n")
+	b.WriteString("circuit-cluster v3\n")
 	for _, o := range r.Overlays {
 		fmt.Fprintf(&b, "oif %s\n", o)
 	}
@@ -144,6 +154,11 @@ func (h *Handle) Sync(r Rules) (bool, error) {
 	c.AddTable(table)
 	c.DelTable(table)
 	c.AddTable(table)
+	for _, v6 := range []bool{false, true} {
+		if err := c.AddSet(selfSet(v6), nil); err != nil {
+			return false, fmt.Errorf("masquerade: %w", err)
+		}
+	}
 	ch := c.AddChain(&nftables.Chain{
 		Name: chainName, Table: table, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
@@ -213,9 +228,49 @@ func isNotExist(err error) bool {
 	return err != nil && (errors.Is(err, unix.ENOENT) || strings.Contains(err.Error(), unix.ENOENT.Error()))
 }
 
+// selfTimeout lets the addresses of containers gone age out of the sets.
+const selfTimeout = time.Hour
+
+// selfSet holds {daddr . daddr} of traffic to the ranges (see the package
+// doc).
+func selfSet(v6 bool) *nftables.Set {
+	name, typ := "self4", nftables.TypeIPAddr
+	if v6 {
+		name, typ = "self6", nftables.TypeIP6Addr
+	}
+	return &nftables.Set{Table: table, Name: name, Dynamic: true, HasTimeout: true, Timeout: selfTimeout,
+		Size: 65536, Concatenation: true, KeyType: nftables.MustConcatSetType(typ, typ)}
+}
+
+// selfRule masquerades traffic to p from its own destination.
+func selfRule(p netip.Prefix) []expr.Any {
+	size, saddr, daddr := uint32(4), uint32(12), uint32(16)
+	if p.Addr().Is6() {
+		size, saddr, daddr = 16, 8, 24
+	}
+	load := func(at, reg uint32) expr.Any {
+		return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: at, Len: size}
+	}
+	first, second := uint32(unix.NFT_REG32_00), uint32(unix.NFT_REG32_00)+size/4
+	set := selfSet(p.Addr().Is6()).Name
+	return slices.Concat([]expr.Any{
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname("lo")},
+	}, matchPrefix(p, false), []expr.Any{
+		load(daddr, first), load(daddr, second),
+		&expr.Dynset{SrcRegKey: first, SetName: set, Operation: unix.NFT_DYNSET_OP_UPDATE},
+		load(saddr, first), load(daddr, second),
+		&expr.Lookup{SourceRegister: first, SetName: set},
+		&expr.Masq{},
+	})
+}
+
 // rules are the chain's rules, in order (see the package doc).
 func rules(r Rules) [][]expr.Any {
 	var out [][]expr.Any
+	for _, p := range r.Ranges {
+		out = append(out, selfRule(p))
+	}
 	for _, o := range r.Overlays {
 		oif := []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},

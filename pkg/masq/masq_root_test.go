@@ -139,3 +139,46 @@ func namespaces(t *testing.T) (string, string, string) {
 	}
 	return ns[0], ns[1], ns[2]
 }
+
+// Root tier: a container balanced to itself (here by a DNAT of another
+// table's, as a service's) gets an answer only through the masquerade of
+// traffic to the ranges from its own destination: its own address as the
+// source would be dropped as a martian. The node's own traffic to itself
+// is not touched.
+func TestMasqueradeSelf(t *testing.T) {
+	testutil.RequireRoot(t)
+	if testutil.InVM() {
+		t.Skip("needs no kernel the host lacks")
+	}
+	node, ctr, _ := namespaces(t)
+	run := func(args ...string) string { t.Helper(); return testutil.Run(t, "ip", args...) }
+	run("-n", node, "link", "add", "c0", "type", "veth", "peer", "name", "eth0", "netns", ctr)
+	run("-n", node, "addr", "add", "10.246.0.1/24", "dev", "c0")
+	run("-n", ctr, "addr", "add", "10.246.0.2/24", "dev", "eth0")
+	run("-n", node, "link", "set", "c0", "up")
+	run("-n", ctr, "link", "set", "eth0", "up")
+	run("-n", ctr, "route", "add", "default", "via", "10.246.0.1")
+	testutil.Run(t, "ip", "netns", "exec", node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	// The service: 10.99.0.1 is DNATed to the container itself.
+	testutil.Run(t, "ip", "netns", "exec", node, "nft", "add table ip svc; add chain ip svc pre { type nat hook prerouting priority dstnat; }; add rule ip svc pre ip daddr 10.99.0.1 dnat to 10.246.0.2")
+	ping := func() error {
+		return exec.Command("ip", "netns", "exec", ctr, "ping", "-c", "1", "-W", "1", "10.99.0.1").Run()
+	}
+	if ping() == nil {
+		t.Fatal("the container reaches itself through the DNAT without masquerade: the test proves nothing")
+	}
+	h, err := Open("/run/netns/" + node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if _, err := h.Sync(Rules{Ranges: []netip.Prefix{netip.MustParsePrefix("10.246.0.0/16")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ping(); err != nil {
+		t.Errorf("the container does not reach itself through the DNAT: %v", err)
+	}
+	if err := exec.Command("ip", "netns", "exec", node, "ping", "-c", "1", "-W", "1", "10.246.0.1").Run(); err != nil {
+		t.Errorf("the node no longer reaches its own address: %v", err)
+	}
+}
