@@ -62,10 +62,9 @@ func TestClusterLB(t *testing.T) {
 		return a.routesTo(blocksOf(b, "clb"), true) && b.routesTo(blocksOf(a, "clb"), true)
 	})
 	wa, wb := startCtr(t, a, "clb", true), startCtr(t, b, "clb", true)
-	ca := startCtr(t, a, "clb", false)
-	var cb *ctr
-	if !testutil.InVM() { // one container client is enough under emulation
-		cb = startCtr(t, b, "clb", false)
+	var ca, cb *ctr
+	if !testutil.InVM() { // under emulation wa, a target, is the container client
+		ca, cb = startCtr(t, a, "clb", false), startCtr(t, b, "clb", false)
 	}
 
 	backend := "nftables"
