@@ -308,7 +308,7 @@ func (a *Agent) servicesPass(ctx context.Context, st *state, last map[string]lb.
 	var errs []error
 	var changes int
 	for _, name := range sortedKeys(st.services) {
-		if shadowed[name] {
+		if isShadowed(shadowed, name) {
 			continue
 		}
 		svc := st.services[name]
@@ -340,11 +340,21 @@ func (a *Agent) servicesPass(ctx context.Context, st *state, last map[string]lb.
 	a.lb.held = maps.Clone(done)
 	a.lb.mu.Unlock()
 	for _, name := range sortedKeys(owned) {
-		if _, ok := st.services[name]; ok && !shadowed[name] {
+		if _, ok := st.services[name]; ok && !isShadowed(shadowed, name) {
 			continue
 		}
-		if shadowed[name] {
-			// A local service of circuit's took the name: it is circuit's now.
+		if local, ok := shadowed[name]; ok {
+			// A local service of circuit's took the name. In nftables
+			// (by name) it replaced this agent's: it is circuit's now.
+			// In IPVS (by address) this agent's is left on its own
+			// address unless the local one took that too.
+			o := owned[name]
+			if o.Backend == lb.IPVS && (local.Address != o.Address || local.Protocol != o.Protocol) {
+				if err := a.unprogramService(ctx, name, o); err != nil {
+					errs = append(errs, fmt.Errorf("service %s: %w", name, err))
+				}
+				continue
+			}
 			errs = append(errs, a.setOwned(name, nil))
 			continue
 		}
@@ -370,8 +380,8 @@ func (a *Agent) programService(ctx context.Context, svc api.Service, spec lb.Ser
 	backend := svc.Backend
 	if mine {
 		backend = o.Backend
-		if o.Address != spec.Address || o.Protocol != spec.Protocol {
-			// The service was made again on another address.
+		if o.Address != spec.Address || o.Protocol != spec.Protocol || (svc.Backend != lb.AutoName && svc.Backend != o.Backend) {
+			// The service was made again, on another address or backend.
 			if err := a.unprogramService(ctx, svc.Name, o); err != nil {
 				return false, err
 			}
@@ -428,19 +438,24 @@ func (a *Agent) unprogramService(ctx context.Context, name string, o ownedServic
 	return a.setOwned(name, nil)
 }
 
-// localServices are the names of this node's own (non-cluster) services.
-func (a *Agent) localServices(ctx context.Context) (map[string]bool, error) {
-	out := map[string]bool{}
+// localServices are this node's own (non-cluster) services, by name.
+func (a *Agent) localServices(ctx context.Context) (map[string]api.Service, error) {
+	out := map[string]api.Service{}
 	err := a.local.View(ctx, func(tx ds.Tx) error {
 		svcs, err := tx.ListServices()
 		for _, s := range svcs {
 			if !s.Cluster {
-				out[s.Name] = true
+				out[s.Name] = s
 			}
 		}
 		return err
 	})
 	return out, err
+}
+
+func isShadowed(local map[string]api.Service, name string) bool {
+	_, ok := local[name]
+	return ok
 }
 
 // serviceCollector gives the kernel's counters of the services this node
