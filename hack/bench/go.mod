@@ -4,6 +4,8 @@ go 1.26.8
 
 require (
 	github.com/circuit-cni/circuit v0.0.0
+	github.com/vishvananda/netlink v1.3.1
+	github.com/vishvananda/netns v0.0.5
 	golang.org/x/sys v0.50.0
 	gonum.org/v1/plot v0.17.0
 )
