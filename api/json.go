@@ -53,48 +53,54 @@ func (p *QoSPolicy) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// serviceJSON shadows Persistence with its string form.
+// serviceJSON shadows Persistence and Drain with their string forms.
 type serviceJSON struct {
 	plainService
 	Persistence Duration `json:"persistence,omitempty"`
+	Drain       Duration `json:"drain,omitempty"`
 }
 
 type plainService Service
 
-func (s Service) MarshalJSON() ([]byte, error) {
-	return json.Marshal(serviceJSON{plainService(s), Duration(s.Persistence)})
+func toServiceJSON(s Service) serviceJSON {
+	return serviceJSON{plainService(s), Duration(s.Persistence), Duration(s.Drain)}
 }
+
+func (j serviceJSON) service() Service {
+	s := Service(j.plainService)
+	s.Persistence, s.Drain = time.Duration(j.Persistence), time.Duration(j.Drain)
+	return s
+}
+
+func (s Service) MarshalJSON() ([]byte, error) { return json.Marshal(toServiceJSON(s)) }
 
 func (s *Service) UnmarshalJSON(b []byte) error {
 	var j serviceJSON
 	if err := json.Unmarshal(b, &j); err != nil {
 		return err
 	}
-	*s = Service(j.plainService)
-	s.Persistence = time.Duration(j.Persistence)
+	*s = j.service()
 	return nil
 }
 
-// MarshalJSON is needed because ServiceStatus would otherwise inherit
-// Service's, which knows nothing of the counters.
+// serviceStatusJSON is needed because ServiceStatus would otherwise
+// inherit Service's MarshalJSON, which knows nothing of the counters.
+type serviceStatusJSON struct {
+	serviceJSON
+	Stats   Counters            `json:"stats"`
+	Targets map[string]Counters `json:"targetStats"`
+	Active  map[string]uint64   `json:"activeConnections"`
+}
+
 func (s ServiceStatus) MarshalJSON() ([]byte, error) {
-	return json.Marshal(struct {
-		serviceJSON
-		Stats   Counters            `json:"stats"`
-		Targets map[string]Counters `json:"targetStats"`
-	}{serviceJSON{plainService(s.Service), Duration(s.Persistence)}, s.Stats, s.Targets})
+	return json.Marshal(serviceStatusJSON{toServiceJSON(s.Service), s.Stats, s.Targets, s.Active})
 }
 
 func (s *ServiceStatus) UnmarshalJSON(b []byte) error {
-	var j struct {
-		serviceJSON
-		Stats   Counters            `json:"stats"`
-		Targets map[string]Counters `json:"targetStats"`
-	}
+	var j serviceStatusJSON
 	if err := json.Unmarshal(b, &j); err != nil {
 		return err
 	}
-	*s = ServiceStatus{Service: Service(j.plainService), Stats: j.Stats, Targets: j.Targets}
-	s.Persistence = time.Duration(j.Persistence)
+	*s = ServiceStatus{Service: j.service(), Stats: j.Stats, Targets: j.Targets, Active: j.Active}
 	return nil
 }

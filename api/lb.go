@@ -21,6 +21,11 @@ const (
 	DefaultScheduler = "rr"
 	DefaultForward   = ForwardNAT
 	DefaultWeight    = 1
+	// DefaultDrain is how long a drain circuit starts itself waits for
+	// a target's connections to end (lb create --drain).
+	DefaultDrain = 30 * time.Second
+	// MaxDrain bounds a drain: a target is never held longer.
+	MaxDrain = 24 * time.Hour
 	// MaxWeight is ipvsadm's limit, applied to both backends.
 	MaxWeight = 65535
 )
@@ -130,7 +135,21 @@ func NormalizeService(svc *Service) error {
 	if err := ValidBackend(svc.Backend); err != nil {
 		return err
 	}
-	return ValidPersistence(svc.Persistence)
+	if err := ValidPersistence(svc.Persistence); err != nil {
+		return err
+	}
+	if svc.Drain == 0 {
+		svc.Drain = DefaultDrain
+	}
+	return ValidDrain(svc.Drain)
+}
+
+// ValidDrain checks how long a drain may wait: above 0, at most MaxDrain.
+func ValidDrain(d time.Duration) error {
+	if d <= 0 || d > MaxDrain {
+		return Errorf(ErrInvalid, "drain %s: want a duration above 0 and at most %s", d, MaxDrain)
+	}
+	return nil
 }
 
 // ValidPersistence checks a service's persistence: 0 (none), or at least
@@ -177,3 +196,58 @@ func NormalizeTarget(svc *Service, t *Target) error {
 }
 
 func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
+
+// ChangeTarget applies an lb set to target t of svc: a weight given ends a
+// drain (the target takes new connections again), a forwarding method is
+// changed as given; the result is checked as NormalizeTarget checks a new
+// target.
+func ChangeTarget(svc *Service, t Target, ch TargetChange) (Target, error) {
+	if ch.Weight == 0 && ch.Forward == "" {
+		return t, Errorf(ErrInvalid, "nothing to change for target %s: give a weight or a forwarding method", t.Address)
+	}
+	if ch.Weight != 0 {
+		t.Weight = ch.Weight
+		t.DrainUntil, t.DrainOwner = time.Time{}, Process{}
+	}
+	if ch.Forward != "" {
+		t.Forward = ch.Forward
+	}
+	if err := NormalizeTarget(svc, &t); err != nil {
+		return t, err
+	}
+	return t, nil
+}
+
+// DrainDone says how a drain of target addr ended: its connections
+// ended, or active were still open when its time was up.
+func DrainDone(service, addr string, active uint64) string {
+	if active == 0 {
+		return fmt.Sprintf("target %s drained from service %s: no connections left", addr, service)
+	}
+	return fmt.Sprintf("target %s removed from service %s at the end of its drain, %d connection(s) still open", addr, service, active)
+}
+
+// DrainInterrupted is the error of a drain stopped before its targets
+// went: they stay draining, and whatever comes next finishes them.
+func DrainInterrupted(addrs []string, until time.Time, cause error) error {
+	return fmt.Errorf("interrupted (%w): %s left draining until %s; the next lb command on the service, gc or restore removes them",
+		cause, strings.Join(addrs, ", "), until.UTC().Format(time.RFC3339))
+}
+
+// DrainStarted says what a drain waits on.
+func DrainStarted(service string, addrs []string, timeout time.Duration) string {
+	return fmt.Sprintf("draining %s from service %s: no new connections, up to %s for the open ones to end", strings.Join(addrs, ", "), service, timeout)
+}
+
+// TargetIndex finds a target of svc by address, in any of its forms.
+func TargetIndex(svc *Service, addr string) (int, error) {
+	ap, err := ParseAddrPort(addr)
+	if err != nil {
+		return -1, err
+	}
+	i := slices.IndexFunc(svc.Targets, func(o Target) bool { return o.Address == ap.String() })
+	if i < 0 {
+		return -1, Errorf(ErrNotFound, "target %s is not in service %s", addr, svc.Name)
+	}
+	return i, nil
+}

@@ -193,6 +193,9 @@ type Service struct {
 	CreatedAt   time.Time     `json:"createdAt"`
 	// Cluster is set on a service every node of a cluster balances.
 	Cluster bool `json:"cluster,omitempty"`
+	// Drain is how long a drain circuit starts itself (a target tied to a
+	// container that went) lets the target's connections run on.
+	Drain time.Duration `json:"drain,omitempty"`
 	// BootID is the boot during which circuit last programmed the service
 	// into the kernel: IPVS services have no owner, so one circuit did not
 	// program since this boot is not circuit's. Not part of the CLI's JSON.
@@ -204,6 +207,36 @@ type Target struct {
 	Address string `json:"address"` // host:port
 	Weight  int    `json:"weight"`
 	Forward string `json:"forward,omitempty"` // nat, dr, tunnel
+	// DrainUntil is set while the target drains: the kernel gives it
+	// weight 0 (no new connections; Weight is kept, for lb set to give
+	// back), and it is removed when its connections end or at this time,
+	// whichever comes first.
+	DrainUntil time.Time `json:"drainUntil,omitzero"`
+	// DrainOwner is the circuit process waiting on the drain; when it is
+	// gone (interrupted, crashed, rebooted) the next lb command on the
+	// service, gc or restore finishes the drain. Not in the CLI's JSON.
+	DrainOwner Process `json:"-"`
+}
+
+// Draining reports whether the target is draining.
+func (t Target) Draining() bool { return !t.DrainUntil.IsZero() }
+
+// TargetChange is an lb set: the target's new weight and forwarding
+// method, each left as it is when zero.
+type TargetChange struct {
+	Address string
+	Weight  int
+	Forward string
+}
+
+// DrainRequest is an lb remove --drain: the targets get no new
+// connections, and go when their connections end or Timeout has passed.
+type DrainRequest struct {
+	Service string
+	Targets []string
+	Timeout time.Duration
+	// Progress, when set, hears what the drain is waiting on.
+	Progress func(line string) `json:"-"`
 }
 
 // Counters are kernel statistics of a service or target.
@@ -218,6 +251,9 @@ type ServiceStatus struct {
 	Service
 	Stats   Counters            `json:"stats"`
 	Targets map[string]Counters `json:"targetStats"`
+	// Active is the connections each target holds now (what a drain
+	// waits on), by target address.
+	Active map[string]uint64 `json:"activeConnections"`
 }
 
 // HookRequest is what runc handed a hook, plus the environment's choices.

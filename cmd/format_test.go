@@ -142,21 +142,23 @@ demo                192.168.100.235:80   tcp                 rr
 
 backend:      ipvs
 persistence:  -
+drain:        30s
 connections:  12
 packets:      340
 bytes:        45000
 
-TARGET                  WEIGHT  FORWARD  CONNECTIONS  PACKETS      BYTES
-10.254.1.3:80           5       dr       0            0            0
-10.254.1.4:80           2       nat      0            0            0
-10.254.1.20:80          1       nat      0            0            0
-10.254.1.196:80         1       nat      12           340          45000
+TARGET                  WEIGHT  FORWARD  ACTIVE  CONNECTIONS  PACKETS      BYTES
+10.254.1.3:80           5       dr       0       0            0            0
+10.254.1.4:80           2       nat      0       0            0            0
+10.254.1.20:80          1       nat      0       0            0            0
+10.254.1.196:80         1       nat      0       12           340          45000
 `, "lb", "show", "demo")
 	h.expect(`NAME                ADDR                 PROTOCOL            SCHEDULER
 web                 [fd00::1]:443        sctp                wlc
 
 backend:      ipvs
 persistence:  30s
+drain:        30s
 connections:  0
 packets:      0
 bytes:        0

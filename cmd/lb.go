@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v3"
 
@@ -22,6 +23,7 @@ func lbCommand(a *app) *cli.Command {
 		Commands: []*cli.Command{
 			lbCreateCommand(a),
 			lbAddCommand(a),
+			lbSetCommand(a),
 			lbRemoveCommand(a),
 			lbDeleteCommand(a),
 			lbListCommand(a),
@@ -41,6 +43,7 @@ func lbCreateCommand(a *app) *cli.Command {
 			&cli.DurationFlag{Name: "persistence", Usage: "keep a client on one target for `DURATION`"},
 			&cli.StringFlag{Name: "backend", Value: "auto", Usage: "`BACKEND`: auto, ipvs or nftables"},
 			&cli.BoolFlag{Name: "cluster", Usage: "balance the service on every cluster node (through circuit-agent)"},
+			&cli.DurationFlag{Name: "drain", Value: api.DefaultDrain, Usage: "how long drains circuit starts itself (a target whose container went) wait for open connections, `DURATION`"},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			if err := checkArgs(cmd, 2, 2); err != nil {
@@ -54,6 +57,7 @@ func lbCreateCommand(a *app) *cli.Command {
 				Persistence: cmd.Duration("persistence"),
 				Backend:     cmd.String("backend"),
 				Cluster:     cmd.Bool("cluster"),
+				Drain:       cmd.Duration("drain"),
 			}
 			// What flags say is judged here, by the controller's rules.
 			if err := api.ValidProtocol(svc.Protocol); err != nil {
@@ -64,6 +68,9 @@ func lbCreateCommand(a *app) *cli.Command {
 			}
 			if err := api.ValidPersistence(svc.Persistence); err != nil {
 				return usageErrorf(cmd, "--persistence: %v", err)
+			}
+			if err := api.ValidDrain(svc.Drain); err != nil {
+				return usageErrorf(cmd, "--drain: %v", err)
 			}
 			return a.withController(ctx, func(c controller.Controller) error {
 				if _, err := c.CreateService(ctx, svc); err != nil {
@@ -112,16 +119,88 @@ func lbAddCommand(a *app) *cli.Command {
 	}
 }
 
+func lbSetCommand(a *app) *cli.Command {
+	return &cli.Command{
+		Name:      "set",
+		Usage:     "change a target's weight or forwarding method in place",
+		ArgsUsage: "NAME TARGET",
+		Description: `Open connections stay where they are; IPVS edits the destination, the
+nftables backend changes only set and map elements. A weight given to a
+draining target ends its drain: it takes new connections again.`,
+		Flags: []cli.Flag{
+			&cli.IntFlag{Name: "weight", Usage: "relative `WEIGHT`, 1-65535"},
+			&cli.StringFlag{Name: "forward", Usage: "forwarding `METHOD`: nat, dr or tunnel"},
+		},
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if err := checkArgs(cmd, 2, 2); err != nil {
+				return err
+			}
+			ch := api.TargetChange{Address: cmd.Args().Get(1)}
+			if !cmd.IsSet("weight") && !cmd.IsSet("forward") {
+				return usageErrorf(cmd, "give --weight or --forward")
+			}
+			if cmd.IsSet("weight") {
+				if err := api.ValidWeight(cmd.Int("weight")); err != nil {
+					return usageErrorf(cmd, "--weight: %v", err)
+				}
+				ch.Weight = cmd.Int("weight")
+			}
+			if cmd.IsSet("forward") {
+				if err := api.ValidForward(cmd.String("forward")); err != nil {
+					return usageErrorf(cmd, "--forward: %v", err)
+				}
+				ch.Forward = cmd.String("forward")
+			}
+			name := cmd.Args().First()
+			return a.withController(ctx, func(c controller.Controller) error {
+				if err := c.SetTarget(ctx, name, ch); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintf(a.stdout, "service %s updated\n", name)
+				return err
+			})
+		},
+	}
+}
+
 func lbRemoveCommand(a *app) *cli.Command {
 	return &cli.Command{
 		Name:      "remove",
-		Usage:     "remove targets from a service",
+		Usage:     "remove targets from a service, at once or after draining them",
 		ArgsUsage: "NAME TARGET...",
+		Description: `With --drain, the targets get no new connections (weight 0) and each is
+removed when its open connections have ended or DURATION has passed,
+whichever comes first; the command waits. Interrupted, the targets stay
+draining until the next lb command on the service, gc or restore, which
+remove them on the same terms.`,
+		Flags: []cli.Flag{
+			&cli.DurationFlag{Name: "drain", Usage: "let open connections end first, for at most `DURATION`"},
+		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			if err := checkArgs(cmd, 2, -1); err != nil {
 				return err
 			}
 			name := cmd.Args().First()
+			if cmd.IsSet("drain") {
+				if err := api.ValidDrain(cmd.Duration("drain")); err != nil {
+					return usageErrorf(cmd, "--drain: %v", err)
+				}
+				return a.withController(ctx, func(c controller.Controller) error {
+					req := api.DrainRequest{Service: name, Targets: cmd.Args().Tail(), Timeout: cmd.Duration("drain"),
+						Progress: func(line string) { fmt.Fprintln(a.stdout, line) }}
+					r, err := c.DrainTargets(ctx, req)
+					if r != nil {
+						for _, l := range r.Actions {
+							fmt.Fprintln(a.stdout, l)
+						}
+					}
+					if err != nil {
+						return err
+					}
+					_, err = fmt.Fprintf(a.stdout, "service %s updated\n", name)
+					return err
+				})
+			}
 			return a.withController(ctx, func(c controller.Controller) error {
 				if err := c.RemoveTargets(ctx, name, cmd.Args().Tail()); err != nil {
 					return err
@@ -173,6 +252,9 @@ func targetLines(targets []api.Target) []string {
 		}
 		if t.Forward != "" && t.Forward != "nat" {
 			l += "  " + t.Forward
+		}
+		if t.Draining() {
+			l += "  draining"
 		}
 		out = append(out, l)
 	}
@@ -234,16 +316,35 @@ func lbListCommand(a *app) *cli.Command {
 
 // showTargetTable lists a service's targets with their live counters.
 var showTargetTable = table[targetStatus]{
-	columns: []column{{"TARGET", 24}, {"WEIGHT", 8}, {"FORWARD", 9}, {"CONNECTIONS", 13}, {"PACKETS", 13}, {"BYTES", 0}},
+	columns: []column{{"TARGET", 24}, {"WEIGHT", 8}, {"FORWARD", 9}, {"ACTIVE", 8}, {"CONNECTIONS", 13}, {"PACKETS", 13}, {"BYTES", 0}},
 	row: func(t targetStatus) []string {
-		return []string{t.Address, strconv.Itoa(t.Weight), dash(t.Forward),
+		weight := strconv.Itoa(t.Weight)
+		if t.Draining() {
+			weight = "0"
+		}
+		return []string{t.Address, weight, dash(t.Forward), strconv.FormatUint(t.Active, 10),
 			strconv.FormatUint(t.Stats.Connections, 10), strconv.FormatUint(t.Stats.Packets, 10), strconv.FormatUint(t.Stats.Bytes, 10)}
 	},
 }
 
 type targetStatus struct {
 	api.Target
-	Stats api.Counters
+	Stats  api.Counters
+	Active uint64
+}
+
+// drainLines say which targets drain, and for how long at most.
+func drainLines(s api.ServiceStatus, now time.Time) []string {
+	var out []string
+	for _, t := range sortedTargets(s.Service.Targets) {
+		if !t.Draining() {
+			continue
+		}
+		left := max(t.DrainUntil.Sub(now).Round(time.Second), 0)
+		out = append(out, fmt.Sprintf("%s is draining: removed when its %d open connection(s) end, at the latest in %s (weight %d before)",
+			t.Address, s.Active[t.Address], left, t.Weight))
+	}
+	return out
 }
 
 // writeServiceStatus is lb show's table view: the service as lb list shows
@@ -257,17 +358,24 @@ func writeServiceStatus(w io.Writer, s api.ServiceStatus) error {
 	if s.Persistence > 0 {
 		persistence = s.Persistence.String()
 	}
-	fmt.Fprintf(&b, "\nbackend:      %s\npersistence:  %s\nconnections:  %d\npackets:      %d\nbytes:        %d\n\n",
-		dash(s.Backend), persistence, s.Stats.Connections, s.Stats.Packets, s.Stats.Bytes)
+	drain := "-"
+	if s.Drain > 0 {
+		drain = s.Drain.String()
+	}
+	fmt.Fprintf(&b, "\nbackend:      %s\npersistence:  %s\ndrain:        %s\nconnections:  %d\npackets:      %d\nbytes:        %d\n\n",
+		dash(s.Backend), persistence, drain, s.Stats.Connections, s.Stats.Packets, s.Stats.Bytes)
 	if len(s.Service.Targets) == 0 {
 		b.WriteString("no targets\n")
 	} else {
 		var ts []targetStatus
 		for _, t := range sortedTargets(s.Service.Targets) {
-			ts = append(ts, targetStatus{Target: t, Stats: s.Targets[t.Address]})
+			ts = append(ts, targetStatus{Target: t, Stats: s.Targets[t.Address], Active: s.Active[t.Address]})
 		}
 		if err := showTargetTable.write(&b, ts); err != nil {
 			return err
+		}
+		if lines := drainLines(s, time.Now()); len(lines) > 0 {
+			b.WriteString("\n" + strings.Join(lines, "\n") + "\n")
 		}
 	}
 	_, err := io.WriteString(w, b.String())
@@ -295,6 +403,9 @@ func lbShowCommand(a *app) *cli.Command {
 				}
 				if st.Targets == nil {
 					st.Targets = map[string]api.Counters{}
+				}
+				if st.Active == nil {
+					st.Active = map[string]uint64{}
 				}
 				if st.Service.Targets == nil {
 					st.Service.Targets = []api.Target{}

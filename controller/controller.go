@@ -36,6 +36,13 @@ type Controller interface {
 	CreateService(ctx context.Context, svc api.Service) (*api.Service, error)
 	AddTargets(ctx context.Context, service string, targets []api.Target) error
 	RemoveTargets(ctx context.Context, service string, targets []string) error
+	// SetTarget changes one target's weight or forwarding in place.
+	SetTarget(ctx context.Context, service string, change api.TargetChange) error
+	// DrainTargets gives targets no new connections and removes each when
+	// its connections end or the timeout passed, whichever is first. It
+	// waits; interrupted (ctx), it leaves them draining, and the next lb
+	// command on the service, gc or restore finishes them.
+	DrainTargets(ctx context.Context, req api.DrainRequest) (*api.Report, error)
 	DeleteService(ctx context.Context, service string) error
 	ListServices(ctx context.Context) ([]api.Service, error)
 	ShowService(ctx context.Context, service string) (*api.ServiceStatus, error)

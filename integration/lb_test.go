@@ -181,7 +181,9 @@ func TestLBSeedOutputs(t *testing.T) {
 	}
 	if wantBackend == "nftables" {
 		tbl := mustNft(t, "list", "table", "inet", "circuit")
-		for _, s := range []string{"10.220.60.20 . tcp . 80 : goto svc-demo", "10.220.60.21 . tcp . 80 : goto svc-demo-wrr", "dnat ip to 10.220.50.196:80"} {
+		// Elements only: each service a counter and an entry of the
+		// services map, each target an entry of the targets map.
+		for _, s := range []string{"counter svc-demo {", "counter svc-demo-wrr {", "10.220.60.20 . tcp . 80 : goto pick-", "10.220.60.21 . tcp . 80 : goto pick-", ": 10.220.50.196 . 80 . "} {
 			if !strings.Contains(tbl, s) {
 				t.Errorf("table inet circuit lacks %q:\n%s", s, tbl)
 			}
@@ -214,7 +216,7 @@ func TestLBErrors(t *testing.T) {
 	list := func() string { return c.must("lb", "list", "--format", "json") }
 	dummy := func() bool { return exec.Command("ip", "link", "show", "circuit-lb0").Run() == nil }
 	beforeList, beforeRules, beforeDummy := list(), ruleset(t), dummy()
-	if !strings.Contains(beforeRules, "10.220.60.30 . tcp . 80 : goto svc-keep") {
+	if !strings.Contains(beforeRules, "10.220.60.30 . tcp . 80 : goto pick-") {
 		t.Fatalf("service keep is not in the ruleset:\n%s", beforeRules)
 	}
 
@@ -547,9 +549,9 @@ func TestLBRuncHTTPD(t *testing.T) {
 
 	// remove: everything goes to the remaining target.
 	c.lbMust("service lbrr updated\n", "lb", "remove", "lbrr", targetB)
-	chainB := fmt.Sprintf("svc-lbrr/%s/80", b.ip)
-	if tbl := mustNft(t, "list", "table", "inet", "circuit"); strings.Contains(tbl, chainB) || !strings.Contains(tbl, "svc-lbwrr/"+b.ip+"/80") {
-		t.Errorf("after lb remove, want %s gone and lbwrr's chain for %s kept:\n%s", chainB, b.ip, tbl)
+	elemB, keptB := fmt.Sprintf("10.220.60.1 . tcp . 80 . %s . 80", b.ip), fmt.Sprintf("10.220.60.2 . tcp . 80 . %s . 80", b.ip)
+	if tbl := mustNft(t, "list", "table", "inet", "circuit"); strings.Contains(tbl, elemB) || !strings.Contains(tbl, keptB) {
+		t.Errorf("after lb remove, want %s gone and lbwrr's %s kept:\n%s", elemB, keptB, tbl)
 	}
 	if got := hostRequests(t, vipRR, 10); got[a.page] != 10 {
 		t.Errorf("after removing %s: 10 requests gave %v, want all %q", targetB, got, a.page)

@@ -71,6 +71,8 @@ func Run(t *testing.T, newEnv func(t *testing.T) Env) {
 		{"QoSNetem", testQoSNetem},
 		{"Services", testServices},
 		{"Targets", testTargets},
+		{"SetTarget", testSetTarget},
+		{"DrainTargets", testDrainTargets},
 		{"HookStartAndStop", testHook},
 		{"HookRunningConnects", testHookRunning},
 		{"HookReusedID", testHookReusedID},
@@ -461,6 +463,108 @@ func testTargets(t *testing.T, e Env) {
 	s = must(c.ShowService(ctx, "web"))
 	if len(s.Service.Targets) != 1 || s.Service.Targets[0].Address != "10.250.1.3:8080" {
 		t.Errorf("after remove: %+v", s.Service.Targets)
+	}
+}
+
+// testSetTarget: lb set changes a target in place, and refuses what it
+// cannot do without changing anything.
+func testSetTarget(t *testing.T, e Env) {
+	c := e.Controller()
+	must(c.CreateService(ctx, svc("web", "10.250.1.20:80")))
+	t.Cleanup(func() { c.DeleteService(ctx, "web") })
+	ok(t, c.AddTargets(ctx, "web", []api.Target{{Address: "10.250.1.2:80", Weight: 1}, {Address: "10.250.1.3:80", Weight: 2}}))
+	ok(t, c.SetTarget(ctx, "web", api.TargetChange{Address: "10.250.1.2:80", Weight: 7}))
+	ok(t, c.SetTarget(ctx, "web", api.TargetChange{Address: "10.250.1.3:80", Forward: "nat"}))
+	want := []api.Target{{Address: "10.250.1.2:80", Weight: 7, Forward: "nat"}, {Address: "10.250.1.3:80", Weight: 2, Forward: "nat"}}
+	if got := must(c.ShowService(ctx, "web")).Service.Targets; !reflect.DeepEqual(got, want) {
+		t.Errorf("after lb set: %+v, want %+v", got, want)
+	}
+	for _, tc := range []struct {
+		what    string
+		service string
+		ch      api.TargetChange
+		want    error
+	}{
+		{"a missing service", "missing", api.TargetChange{Address: "10.250.1.2:80", Weight: 2}, api.ErrNotFound},
+		{"a missing target", "web", api.TargetChange{Address: "10.250.1.9:80", Weight: 2}, api.ErrNotFound},
+		{"nothing to change", "web", api.TargetChange{Address: "10.250.1.2:80"}, api.ErrInvalid},
+		{"a weight out of range", "web", api.TargetChange{Address: "10.250.1.2:80", Weight: 70000}, api.ErrInvalid},
+		{"an unknown method", "web", api.TargetChange{Address: "10.250.1.2:80", Forward: "masq"}, api.ErrInvalid},
+		{"a bad address", "web", api.TargetChange{Address: "10.250.1.2", Weight: 2}, api.ErrInvalid},
+	} {
+		isErr(t, "lb set on "+tc.what, c.SetTarget(ctx, tc.service, tc.ch), tc.want)
+	}
+	if got := must(c.ShowService(ctx, "web")).Service.Targets; !reflect.DeepEqual(got, want) {
+		t.Errorf("refused lb sets changed the targets: %+v", got)
+	}
+}
+
+// testDrainTargets: a drained target with no open connection goes at once;
+// an interrupted drain leaves it draining, with no new connections, and
+// the next lb command on the service finishes it, as gc does.
+func testDrainTargets(t *testing.T, e Env) {
+	c := e.Controller()
+	must(c.CreateService(ctx, svc("web", "10.250.1.30:80")))
+	t.Cleanup(func() { c.DeleteService(ctx, "web") })
+	ok(t, c.AddTargets(ctx, "web", []api.Target{{Address: "10.250.1.2:80", Weight: 1}, {Address: "10.250.1.3:80", Weight: 1},
+		{Address: "10.250.1.4:80", Weight: 1}, {Address: "10.250.1.5:80", Weight: 1}}))
+
+	var heard []string
+	r := must(c.DrainTargets(ctx, api.DrainRequest{Service: "web", Targets: []string{"10.250.1.2:80"}, Timeout: 3 * time.Second,
+		Progress: func(l string) { heard = append(heard, l) }}))
+	if len(r.Actions) != 1 || !strings.Contains(r.Actions[0], "10.250.1.2:80 drained") || len(heard) != 1 {
+		t.Errorf("drain report %q, progress %q", r.Actions, heard)
+	}
+	for _, tc := range []struct {
+		what string
+		req  api.DrainRequest
+		want error
+	}{
+		{"a missing target", api.DrainRequest{Service: "web", Targets: []string{"10.250.1.3:80", "10.250.1.9:80"}, Timeout: time.Second}, api.ErrNotFound},
+		{"a missing service", api.DrainRequest{Service: "missing", Targets: []string{"10.250.1.3:80"}, Timeout: time.Second}, api.ErrNotFound},
+		{"no time", api.DrainRequest{Service: "web", Targets: []string{"10.250.1.3:80"}}, api.ErrInvalid},
+		{"no target", api.DrainRequest{Service: "web", Timeout: time.Second}, api.ErrInvalid},
+	} {
+		_, err := c.DrainTargets(ctx, tc.req)
+		isErr(t, "drain "+tc.what, err, tc.want)
+	}
+	targets := func() []api.Target { return must(c.ShowService(ctx, "web")).Service.Targets }
+	if got := targets(); len(got) != 3 || slices.ContainsFunc(got, api.Target.Draining) {
+		t.Errorf("refused drains changed the targets: %+v", got)
+	}
+
+	// Interrupted as soon as it started: the target stays, draining.
+	interrupted := func(addr string) {
+		t.Helper()
+		dctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		_, err := c.DrainTargets(dctx, api.DrainRequest{Service: "web", Targets: []string{addr}, Timeout: time.Minute,
+			Progress: func(string) { cancel() }})
+		if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "left draining") {
+			t.Fatalf("an interrupted drain: %v", err)
+		}
+	}
+	interrupted("10.250.1.3:80")
+	svcs := must(c.ListServices(ctx))
+	if i := slices.IndexFunc(svcs[0].Targets, func(t api.Target) bool { return t.Address == "10.250.1.3:80" }); i < 0 ||
+		!svcs[0].Targets[i].Draining() || time.Until(svcs[0].Targets[i].DrainUntil) > time.Minute || svcs[0].Targets[i].Weight != 1 {
+		t.Fatalf("after an interrupted drain: %+v", svcs[0].Targets)
+	}
+	// The next lb command on the service finishes it: nothing is open.
+	if got := targets(); len(got) != 2 || slices.ContainsFunc(got, func(t api.Target) bool { return t.Address == "10.250.1.3:80" }) {
+		t.Errorf("lb show did not finish the interrupted drain: %+v", got)
+	}
+	interrupted("10.250.1.4:80")
+	r = must(c.GC(ctx, true))
+	if !slices.ContainsFunc(r.Actions, func(l string) bool { return strings.HasPrefix(l, "would ") && strings.Contains(l, "10.250.1.4:80") }) {
+		t.Errorf("gc --dry-run: %q", r.Actions)
+	}
+	r = must(c.GC(ctx, false))
+	if !slices.ContainsFunc(r.Actions, func(l string) bool { return strings.Contains(l, "10.250.1.4:80 drained") }) {
+		t.Errorf("gc: %q", r.Actions)
+	}
+	if got := targets(); len(got) != 1 || got[0].Address != "10.250.1.5:80" {
+		t.Errorf("after gc: %+v", got)
 	}
 }
 

@@ -39,6 +39,8 @@ type Fake struct {
 	networks map[string]*network
 	services map[string]*api.Service
 	stats    map[string]*api.ServiceStatus // injected counters, by service
+	active   map[string]map[string]uint64  // injected active connections, by service and target
+	draining map[string]bool               // service/target drains a DrainTargets call waits on
 	errs     map[string]error              // injected errors, by method name
 	hooks    []api.HookRequest
 	closes   int
@@ -108,6 +110,8 @@ func New(opts ...Option) *Fake {
 		networks: map[string]*network{},
 		services: map[string]*api.Service{},
 		stats:    map[string]*api.ServiceStatus{},
+		active:   map[string]map[string]uint64{},
+		draining: map[string]bool{},
 		errs:     map[string]error{},
 		procs:    map[int]*process{},
 		runc:     map[string]int{},
@@ -156,6 +160,7 @@ func (f *Fake) Flush() {
 	defer f.mu.Unlock()
 	f.shaped = map[string]bool{}
 	f.lbKernel = map[string]bool{}
+	f.active = map[string]map[string]uint64{}
 }
 
 // SetError makes every later call of method (e.g. "Connect") fail with err;
@@ -826,9 +831,18 @@ func (f *Fake) ShowQoS(ctx context.Context, name string) ([]api.PeerQoS, error) 
 func toLB(s api.Service) lb.Service {
 	out := lb.Service{Name: s.Name, Address: s.Address, Protocol: s.Protocol, Scheduler: s.Scheduler, Persistence: s.Persistence}
 	for _, t := range s.Targets {
-		out.Targets = append(out.Targets, lb.Target{Address: t.Address, Weight: t.Weight, Forward: t.Forward})
+		out.Targets = append(out.Targets, toLBTarget(t))
 	}
 	return out
+}
+
+// toLBTarget is what the kernel holds of a target: weight 0 while it drains.
+func toLBTarget(t api.Target) lb.Target {
+	w := t.Weight
+	if t.Draining() {
+		w = 0
+	}
+	return lb.Target{Address: t.Address, Weight: w, Forward: t.Forward}
 }
 
 // backend chooses a backend as the local controller does.
@@ -911,6 +925,7 @@ func (f *Fake) addTargets(service string, targets []api.Target) error {
 	if err != nil {
 		return err
 	}
+	f.finishDrains(s, false)
 	if len(targets) == 0 {
 		return api.Errorf(api.ErrInvalid, "no target given")
 	}
@@ -945,6 +960,7 @@ func (f *Fake) removeTargets(service string, targets []string) error {
 	if err != nil {
 		return err
 	}
+	f.finishDrains(s, false)
 	if len(targets) == 0 {
 		return api.Errorf(api.ErrInvalid, "no target given")
 	}
@@ -971,6 +987,7 @@ func (f *Fake) DeleteService(ctx context.Context, service string) error {
 		}
 		delete(f.services, service)
 		delete(f.stats, service)
+		delete(f.active, service)
 		delete(f.lbKernel, service)
 		return nil
 	})
@@ -995,7 +1012,11 @@ func (f *Fake) ShowService(ctx context.Context, service string) (*api.ServiceSta
 		if !f.lbKernel[service] {
 			return nil, fmt.Errorf("lb show %s: %s backend: %w", service, s.Backend, api.Errorf(api.ErrNotFound, "service is not programmed"))
 		}
-		st := &api.ServiceStatus{Service: cloneService(*s), Targets: map[string]api.Counters{}}
+		f.finishDrains(s, false)
+		st := &api.ServiceStatus{Service: cloneService(*s), Targets: map[string]api.Counters{}, Active: map[string]uint64{}}
+		for _, t := range s.Targets {
+			st.Active[t.Address] = f.active[service][t.Address]
+		}
 		in := f.stats[service]
 		if in != nil {
 			st.Stats = in.Stats
@@ -1182,6 +1203,7 @@ func (f *Fake) Restore(ctx context.Context) (*api.Report, error) {
 			}
 		}
 		for _, name := range sortedKeys(f.services) {
+			r.Actions = append(r.Actions, f.finishDrains(f.services[name], false)...)
 			if s := f.services[name]; !f.lbKernel[name] {
 				f.lbKernel[name] = true
 				targets := "1 target"
@@ -1219,6 +1241,9 @@ func (f *Fake) GC(ctx context.Context, dryRun bool) (*api.Report, error) {
 				f.remove(n, i)
 				i--
 			}
+		}
+		for _, name := range sortedKeys(f.services) {
+			r.Actions = append(r.Actions, f.finishDrains(f.services[name], dryRun)...)
 		}
 		return r, nil
 	})

@@ -68,6 +68,11 @@ func (c *Controller) GC(ctx context.Context, dryRun bool) (*api.Report, error) {
 		}
 	}
 	g.removeOrphanPins(ctx, kept)
+	drains, err := c.gcDrains(ctx, dryRun)
+	g.rep.Actions = append(g.rep.Actions, drains...)
+	if err != nil {
+		g.errs = append(g.errs, err)
+	}
 	return g.rep, joinErrors(g.errs...)
 }
 

@@ -21,15 +21,24 @@ func toLB(s api.Service) lb.Service {
 	return out
 }
 
+// toLBTarget is what the kernel holds of a target: weight 0 while it
+// drains (no new connections).
 func toLBTarget(t api.Target) lb.Target {
-	return lb.Target{Address: t.Address, Weight: t.Weight, Forward: t.Forward}
+	w := t.Weight
+	if t.Draining() {
+		w = 0
+	}
+	return lb.Target{Address: t.Address, Weight: w, Forward: t.Forward}
 }
 
 // status maps a backend's counters onto a service record.
 func status(s api.Service, st *lb.Stats) *api.ServiceStatus {
-	out := &api.ServiceStatus{Service: s, Stats: api.Counters(st.Service), Targets: map[string]api.Counters{}}
+	out := &api.ServiceStatus{Service: s, Stats: api.Counters(st.Service), Targets: map[string]api.Counters{}, Active: map[string]uint64{}}
 	for addr, c := range st.Targets {
 		out.Targets[addr] = api.Counters(c)
+	}
+	for _, t := range s.Targets {
+		out.Active[t.Address] = st.Active[t.Address]
 	}
 	return out
 }
@@ -111,15 +120,33 @@ func (c *Controller) service(ctx context.Context, name string) (*api.Service, er
 	return svc, err
 }
 
+// targetOp is what changeTargets does to the kernel for each target the
+// edit changed.
+type targetOp int
+
+const (
+	opAdd targetOp = iota
+	opRemove
+	opSet
+)
+
 // changeTargets records a service's new target list and applies the
 // difference to the kernel, one target at a time; on failure the record
-// and the kernel go back to how they were.
-func (c *Controller) changeTargets(ctx context.Context, name string, edit func(svc *api.Service) ([]api.Target, error), remove bool) error {
+// and the kernel go back to how they were. Drains their waiters left are
+// finished first.
+func (c *Controller) changeTargets(ctx context.Context, name string, edit func(svc *api.Service) ([]api.Target, error), op targetOp) error {
 	unlock, err := c.lock(ctx, "lb")
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	if _, err := c.finishDrains(ctx, name, false); err != nil {
+		return err
+	}
+	return c.changeTargetsLocked(ctx, name, edit, op)
+}
+
+func (c *Controller) changeTargetsLocked(ctx context.Context, name string, edit func(svc *api.Service) ([]api.Target, error), op targetOp) error {
 	old, err := c.service(ctx, name)
 	if err != nil {
 		return err
@@ -129,6 +156,9 @@ func (c *Controller) changeTargets(ctx context.Context, name string, edit func(s
 	changed, err := edit(&next)
 	if err != nil {
 		return err
+	}
+	if len(changed) == 0 {
+		return nil
 	}
 	b, err := c.k.lb(old.Backend)
 	if err != nil {
@@ -156,9 +186,12 @@ func (c *Controller) changeTargets(ctx context.Context, name string, edit func(s
 		return err
 	}
 	for _, t := range changed {
-		if remove {
+		switch op {
+		case opRemove:
 			err = b.RemoveTarget(toLB(next), toLBTarget(t))
-		} else {
+		case opSet:
+			err = b.SetTarget(toLB(next), toLBTarget(t))
+		default:
 			err = b.AddTarget(toLB(next), toLBTarget(t))
 		}
 		if err != nil {
@@ -207,7 +240,7 @@ func (c *Controller) AddTargets(ctx context.Context, service string, targets []a
 			added = append(added, t)
 		}
 		return added, nil
-	}, false)
+	}, opAdd)
 	if err != nil {
 		return fmt.Errorf("lb add %s: %w", service, err)
 	}
@@ -243,7 +276,7 @@ func (c *Controller) RemoveTargets(ctx context.Context, service string, targets 
 			svc.Targets = slices.Delete(svc.Targets, i, i+1)
 		}
 		return removed, nil
-	}, true)
+	}, opRemove)
 	if err != nil {
 		return fmt.Errorf("lb remove %s: %w", service, err)
 	}
@@ -304,6 +337,14 @@ func (c *Controller) ShowService(ctx context.Context, service string) (*api.Serv
 	if err != nil {
 		return nil, fmt.Errorf("lb show %s: %w", service, err)
 	}
+	if c.leftDrains(svc) {
+		if err := c.finishDrainsLocking(ctx, service); err != nil {
+			return nil, fmt.Errorf("lb show %s: %w", service, err)
+		}
+		if svc, err = c.service(ctx, service); err != nil {
+			return nil, fmt.Errorf("lb show %s: %w", service, err)
+		}
+	}
 	b, err := c.k.lb(svc.Backend)
 	if err != nil {
 		return nil, fmt.Errorf("lb show %s: %w", service, err)
@@ -336,6 +377,20 @@ func (c *Controller) restoreServices(ctx context.Context) ([]string, error) {
 		if svc.Cluster {
 			continue // every node's agent programs the cluster's services
 		}
+		done, err := c.finishDrains(ctx, svc.Name, false)
+		acts = append(acts, done...)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("restore service %s: %w", svc.Name, err))
+			continue
+		}
+		if len(done) > 0 {
+			cur, err := c.service(ctx, svc.Name)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("restore service %s: %w", svc.Name, err))
+				continue
+			}
+			svc = *cur
+		}
 		act, err := c.restoreService(ctx, &svc)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("restore service %s: %w", svc.Name, err))
@@ -363,10 +418,14 @@ func (c *Controller) restoreService(ctx context.Context, svc *api.Service) (stri
 		if err := c.foreign(b, svc); err != nil {
 			return "", err
 		}
-		if sameTargets(st.Programmed.Targets, svc.Targets) {
+		switch {
+		case st.Outdated: // an older circuit's layout: moved in place
+			verb = "migrated to the current layout"
+		case sameTargets(st.Programmed.Targets, svc.Targets):
 			return "", nil
+		default:
+			verb = "repaired the targets of"
 		}
-		verb = "repaired the targets of"
 	}
 	if err := b.Ensure(toLB(*svc)); err != nil {
 		return "", fmt.Errorf("%s backend: %w", b.Name(), err)
@@ -412,8 +471,8 @@ func (c *Controller) foreign(b lb.Backend, svc *api.Service) error {
 }
 
 // sameTargets compares the targets the kernel holds with the record: the
-// same addresses, and the same weights and forwarding where the backend
-// can read them back.
+// same addresses and weights (0 for a draining target), and the same
+// forwarding where the backend can read it back.
 func sameTargets(kernel []lb.Target, want []api.Target) bool {
 	if len(kernel) != len(want) {
 		return false
@@ -423,8 +482,8 @@ func sameTargets(kernel []lb.Target, want []api.Target) bool {
 		if i < 0 {
 			return false
 		}
-		k := kernel[i]
-		if (k.Weight != 0 && k.Weight != t.Weight) || (k.Forward != "" && k.Forward != t.Forward) {
+		k, w := kernel[i], toLBTarget(t)
+		if k.Weight != w.Weight || (k.Forward != "" && k.Forward != w.Forward) {
 			return false
 		}
 	}

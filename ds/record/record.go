@@ -119,13 +119,16 @@ type Service struct {
 	CreatedAt        time.Time `json:"createdAt"`
 	BootID           string    `json:"bootID,omitempty"` // the boot circuit last programmed it in
 	Cluster          bool      `json:"cluster,omitempty"`
+	DrainNanos       int64     `json:"drainNanos,omitempty"`
 }
 
 // Target is one real server of a service.
 type Target struct {
-	Address string `json:"address"`
-	Weight  int    `json:"weight"`
-	Forward string `json:"forward,omitempty"`
+	Address    string    `json:"address"`
+	Weight     int       `json:"weight"`
+	Forward    string    `json:"forward,omitempty"`
+	DrainUntil time.Time `json:"drainUntil,omitzero"`
+	DrainOwner *Process  `json:"drainOwner,omitempty"`
 }
 
 // EncodeNetwork writes a network's record; n.Peers is not part of it.
@@ -189,10 +192,14 @@ func EncodeService(s *api.Service) ([]byte, error) {
 	r := Service{
 		V: Version, Name: s.Name, Address: s.Address, Protocol: s.Protocol, Scheduler: s.Scheduler,
 		PersistenceNanos: int64(s.Persistence), Backend: s.Backend, Targets: []Target{}, CreatedAt: s.CreatedAt,
-		BootID: s.BootID, Cluster: s.Cluster,
+		BootID: s.BootID, Cluster: s.Cluster, DrainNanos: int64(s.Drain),
 	}
 	for _, t := range s.Targets {
-		r.Targets = append(r.Targets, Target{Address: t.Address, Weight: t.Weight, Forward: t.Forward})
+		rt := Target{Address: t.Address, Weight: t.Weight, Forward: t.Forward, DrainUntil: t.DrainUntil}
+		if t.DrainOwner != (api.Process{}) {
+			rt.DrainOwner = encodeProcess(&t.DrainOwner)
+		}
+		r.Targets = append(r.Targets, rt)
 	}
 	return json.Marshal(r)
 }
@@ -206,10 +213,14 @@ func DecodeService(b []byte) (*api.Service, error) {
 	s := &api.Service{
 		Name: r.Name, Address: r.Address, Protocol: r.Protocol, Scheduler: r.Scheduler,
 		Persistence: time.Duration(r.PersistenceNanos), Backend: r.Backend, Targets: []api.Target{}, CreatedAt: r.CreatedAt,
-		BootID: r.BootID, Cluster: r.Cluster,
+		BootID: r.BootID, Cluster: r.Cluster, Drain: time.Duration(r.DrainNanos),
 	}
 	for _, t := range r.Targets {
-		s.Targets = append(s.Targets, api.Target{Address: t.Address, Weight: t.Weight, Forward: t.Forward})
+		at := api.Target{Address: t.Address, Weight: t.Weight, Forward: t.Forward, DrainUntil: t.DrainUntil}
+		if o := decodeProcess(t.DrainOwner); o != nil {
+			at.DrainOwner = *o
+		}
+		s.Targets = append(s.Targets, at)
 	}
 	return s, nil
 }

@@ -41,7 +41,10 @@ func TestRoundTrip(t *testing.T) {
 		t.Errorf("peer: %+v, %v", got, err)
 	}
 	s := &api.Service{Name: "s", Address: "10.0.0.1:80", Protocol: "udp", Scheduler: "sh", Persistence: time.Minute, Backend: "ipvs",
-		Targets: []api.Target{{Address: "10.0.0.2:80", Weight: 3, Forward: "dr"}}, CreatedAt: at}
+		Targets:   []api.Target{{Address: "10.0.0.2:80", Weight: 3, Forward: "dr", DrainUntil: at, DrainOwner: api.Process{PID: 7, Start: 77}}},
+		CreatedAt: at, Cluster: true, Drain: 30 * time.Second, BootID: "boot"}
+	allSet(t, *s)
+	allSet(t, s.Targets[0])
 	b, err = EncodeService(s)
 	if err != nil {
 		t.Fatal(err)

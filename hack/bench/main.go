@@ -40,6 +40,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == hookTimerArg {
 		os.Exit(hookTimer(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == lbOpArg {
+		os.Exit(lbOp(os.Args[2:]))
+	}
 	cfg := config{only: map[string]bool{}}
 	flag.StringVar(&cfg.circuit, "circuit", "bin/circuit", "circuit `binary` to measure")
 	flag.StringVar(&cfg.cniPath, "cni-path", "bin/cni", "`dir` of the CNI plugins")
@@ -48,7 +51,7 @@ func main() {
 	flag.IntVar(&cfg.rounds, "rounds", 30, "paired `rounds` for connect/disconnect and hook")
 	flag.IntVar(&cfg.peers, "peers", 500, "`peers` on one network for the scale run")
 	flag.IntVar(&cfg.storm, "storm", 50, "containers started at once")
-	services := flag.String("services", "10,100,250,500,1000", "lb service `counts` measured")
+	services := flag.String("services", "10,100,1000,10000", "lb service `counts` measured")
 	flag.IntVar(&cfg.targets, "targets", 10, "targets per lb service")
 	rates := flag.String("rates", "1,10,100", "qos `rates` in Mbit/s")
 	only := flag.String("only", "", "run only these `sections` (comma separated: connect,hook,storm,scale,lb,qos,cluster)")
@@ -70,7 +73,7 @@ func main() {
 	}
 	if cfg.smoke {
 		cfg.rounds, cfg.peers, cfg.storm, cfg.targets = 3, 10, 5, 3
-		cfg.services, cfg.rates = []int{10, 20}, []int{10}
+		cfg.services, cfg.rates = []int{10}, []int{10}
 	}
 	if os.Geteuid() != 0 {
 		fatal("run as root: the benchmark creates network namespaces, bridges and containers")

@@ -58,43 +58,6 @@ func plotScale(runs []*scaleResult, file string) error {
 	return p.Save(7*vg.Inch, 4.5*vg.Inch, file)
 }
 
-// plotLB draws the time to add one target against the number of services,
-// on log scales: circuit's one change against a rewrite of everything.
-func plotLB(l *lbResult, file string) error {
-	p := plot.New()
-	p.Title.Text = "Adding one load-balancer target (nftables)"
-	p.X.Label.Text = "services (each with its targets)"
-	p.Y.Label.Text = "ms (median)"
-	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
-	p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{Prec: -1}, plot.LogTicks{Prec: -1}
-	var add, rewrite plotter.XYs
-	for _, pt := range l.points {
-		add = append(add, plotter.XY{X: float64(pt.services), Y: pt.add.median()})
-		rewrite = append(rewrite, plotter.XY{X: float64(pt.services), Y: pt.rewrite.median()})
-	}
-	for _, series := range []struct {
-		name string
-		xys  plotter.XYs
-		c    color.Color
-	}{
-		{"circuit lb add (one transaction for the change)", add, circuitColor},
-		{"full rewrite (nft -f of the whole ruleset)", rewrite, otherColor},
-	} {
-		line, dots, err := plotter.NewLinePoints(series.xys)
-		if err != nil {
-			return err
-		}
-		line.Color, line.Width = series.c, vg.Points(2)
-		dots.Color = series.c
-		p.Add(line, dots)
-		p.Legend.Add(series.name, line, dots)
-	}
-	p.Legend.Top, p.Legend.Left = true, true
-	p.Legend.YOffs = -vg.Points(4)
-	p.Add(plotter.NewGrid())
-	return p.Save(7*vg.Inch, 4*vg.Inch, file)
-}
-
 // points puts v[i] at x = i.
 func points(v sample) plotter.XYs {
 	xys := make(plotter.XYs, len(v))

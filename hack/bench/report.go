@@ -142,11 +142,7 @@ func (r *report) targets(p printer) {
 		share := last.share / first.share
 		row(fmt.Sprintf("circuit's share of it (connect minus the plugin's ADD), %s", s.shape), "within 20%", fmt.Sprintf("%s ms vs %s ms: %+.0f%%", f(last.share), f(first.share), (share-1)*100), share <= 1.2)
 	}
-	if l := r.lb; l != nil && len(l.points) > 1 {
-		lo, hi := l.points[0], l.points[len(l.points)-1]
-		g := hi.add.median() / lo.add.median()
-		row("lb target add, few vs many services", "within 2x", fmt.Sprintf("%s ms with %d, %s ms with %d services (x%s)", f(lo.add.median()), lo.services, f(hi.add.median()), hi.services, f2(g)), g <= 2)
-	}
+	r.lbTargets(row)
 	if q := r.qos; q != nil {
 		worst, at := 0.0, 0
 		for _, pt := range q.points {
@@ -262,27 +258,6 @@ func (r *report) scaleSection(p printer) {
 		p("![connect latency against peers on the network](%s)", scalePlot)
 		p("")
 		p("Dots are single attachments; lines are running medians of 25 (solid: bridge, dashed: macvlan).")
-		p("")
-	}
-}
-
-func (r *report) lbSection(p printer) {
-	l := r.lb
-	if l == nil || len(l.points) == 0 {
-		return
-	}
-	p("## 5. Load balancer: one change among many services")
-	p("")
-	p("nftables services with %d targets each. `lb add` and `lb remove` of one target: medians of 20. The full rewrite is `nft -f` of the ruleset circuit's table holds at that size (one transaction replacing the table), into a network namespace of its own: medians of 5.", l.targets)
-	p("")
-	p("| services | `lb add` | `lb remove` | `lb add` peak RSS | full rewrite | rewrite size | `nft -f` peak RSS |")
-	p("| --- | --- | --- | --- | --- | --- | --- |")
-	for _, pt := range l.points {
-		p("| %d | %s ms | %s ms | %s | %s ms | %d lines, %.2f MiB | %s |", pt.services, f(pt.add.median()), f(pt.remove.median()), kib(pt.addRSS), f(pt.rewrite.median()), pt.rules, pt.rewriteMB, kib(pt.nftRSS))
-	}
-	p("")
-	if r.cfg.out != "" {
-		p("![time to add one target against the number of services](%s)", lbPlot)
 		p("")
 	}
 }

@@ -42,6 +42,11 @@ type Backend interface {
 	// backend may instead resynchronize just that service.
 	AddTarget(svc Service, t Target) error
 	RemoveTarget(svc Service, t Target) error
+	// SetTarget changes one target's weight and/or forwarding in place
+	// (svc is the service after the change): IPVS edits the destination,
+	// nftables changes elements only. Weight 0 drains the target: no new
+	// connections, the existing ones go on (see Stats' Active).
+	SetTarget(svc Service, t Target) error
 	// Delete removes the service; a service already gone is not an error.
 	Delete(svc Service) error
 	// Stats returns svc with the kernel's counters; ErrNotFound if the

@@ -14,7 +14,7 @@ type (
 
 // Check validates svc independently of any backend, with the defaults a
 // backend applies to empty fields: protocol tcp, scheduler rr, forwarding
-// nat, weight 1.
+// nat. A target's weight 0 means draining (only the controller sets it).
 func Check(svc Service) error {
 	_, err := spec.Parse(svc)
 	return err

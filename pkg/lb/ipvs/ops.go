@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -90,25 +91,32 @@ func schedErr(s *spec.Spec, err error) error {
 // AddTarget adds (or updates) one real server; if the service is missing
 // it runs Ensure instead.
 func (b *Backend) AddTarget(svc spec.Service, t spec.Target) error {
-	return b.changeTarget(svc, t, true)
+	return b.changeTarget(svc, t, "add")
 }
 
 // RemoveTarget removes one real server; one already gone is no error.
 func (b *Backend) RemoveTarget(svc spec.Service, t spec.Target) error {
-	return b.changeTarget(svc, t, false)
+	return b.changeTarget(svc, t, "remove")
 }
 
-func (b *Backend) changeTarget(svc spec.Service, t spec.Target, add bool) error {
+// SetTarget edits one real server's weight and forwarding in place
+// (IPVS_CMD_SET_DEST): its connections stay. Weight 0 quiesces it: IPVS
+// schedules it no new connection. A real server that is missing is added.
+func (b *Backend) SetTarget(svc spec.Service, t spec.Target) error {
+	return b.changeTarget(svc, t, "set")
+}
+
+func (b *Backend) changeTarget(svc spec.Service, t spec.Target, verb string) error {
 	s, err := spec.Parse(svc)
 	if err != nil {
 		return err
 	}
-	verb := map[bool]string{true: "add", false: "remove"}[add]
 	pt, err := spec.ParseTarget(s, t)
 	if err != nil {
 		return fmt.Errorf("%s: %s target: %w", s.Prefix(), verb, err)
 	}
-	if slices.ContainsFunc(s.Targets, func(x spec.ParsedTarget) bool { return x.Addr == pt.Addr }) != add {
+	i := slices.IndexFunc(s.Targets, func(x spec.ParsedTarget) bool { return x.Addr == pt.Addr })
+	if (i >= 0) != (verb != "remove") || (verb == "set" && s.Targets[i] != pt) {
 		return fmt.Errorf("%s: %s target %s: pass the service as it is after the change: %w",
 			s.Prefix(), verb, pt.Addr, api.ErrInvalid)
 	}
@@ -118,13 +126,19 @@ func (b *Backend) changeTarget(svc spec.Service, t spec.Target, add bool) error 
 		return err
 	}
 	k, d := toSvc(s), toDest(pt)
-	if add {
-		err = b.g.newDest(k, d)
-		if errors.Is(err, unix.EEXIST) {
+	switch verb {
+	case "add":
+		if err = b.g.newDest(k, d); errors.Is(err, unix.EEXIST) {
 			err = b.g.setDest(k, d)
 		}
-	} else if err = b.g.delDest(k, d); errors.Is(err, unix.ENOENT) {
-		err = nil // already gone
+	case "set":
+		if err = b.g.setDest(k, d); errors.Is(err, unix.ENOENT) {
+			err = b.g.newDest(k, d)
+		}
+	default:
+		if err = b.g.delDest(k, d); errors.Is(err, unix.ENOENT) {
+			err = nil // already gone
+		}
 	}
 	if errors.Is(err, unix.ESRCH) {
 		err = b.ensure(s) // the service itself is missing
@@ -158,6 +172,10 @@ func (b *Backend) Delete(svc spec.Service) error {
 
 // Stats reads IPVS's counters of the service and its real servers:
 // Packets and Bytes add both directions (with NAT, IPVS sees replies).
+// Active is what a drain waits on: for TCP and SCTP a real server's active
+// (established) connections, not the inactive ones IPVS keeps minutes
+// after they ended (FIN_WAIT, TIME_WAIT, CLOSE); UDP has no established
+// state, so there every connection IPVS holds counts.
 func (b *Backend) Stats(svc spec.Service) (*spec.Stats, error) {
 	k, err := keyOf(svc)
 	if err != nil {
@@ -179,7 +197,8 @@ func (b *Backend) Stats(svc spec.Service) (*spec.Stats, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lb %s: ipvs: stats: list real servers: %w", svc.Name, err)
 	}
-	st := &spec.Stats{Service: counters(cur.stats), Targets: map[string]spec.Counters{}, Programmed: programmed(svc.Name, cur, ds)}
+	st := &spec.Stats{Service: counters(cur.stats), Targets: map[string]spec.Counters{}, Active: map[string]uint64{},
+		Programmed: programmed(svc.Name, cur, ds)}
 	names := map[string]string{}
 	for _, t := range svc.Targets {
 		if ap, err := api.ParseAddrPort(t.Address); err == nil {
@@ -192,6 +211,11 @@ func (b *Backend) Stats(svc spec.Service) (*spec.Stats, error) {
 			name = d.addr.String()
 		}
 		st.Targets[name] = counters(d.stats)
+		st.Active[name] = uint64(d.active)
+		if strings.EqualFold(svc.Protocol, "udp") {
+			st.Active[name] += uint64(d.inactive)
+		}
+		st.ActiveTotal += st.Active[name]
 	}
 	return st, nil
 }

@@ -22,10 +22,11 @@ func must(t testing.TB, err error) {
 
 func hostPort(ip, port string) string { return net.JoinHostPort(ip, port) }
 
+// service is a service whose targets have weight 1 (0 would drain them).
 func service(name, vip, sched string, targets ...string) spec.Service {
 	s := spec.Service{Name: name, Address: vip, Scheduler: sched}
 	for _, a := range targets {
-		s.Targets = append(s.Targets, spec.Target{Address: a})
+		s.Targets = append(s.Targets, spec.Target{Address: a, Weight: 1})
 	}
 	return s
 }
@@ -163,7 +164,7 @@ func TestIPVSTraffic(t *testing.T) {
 				if got := lbtest.Tally(c, u, 10); got["a"] != 10 {
 					t.Fatalf("after removing b: %v, want all to a", got)
 				}
-				must(t, b.AddTarget(svc, spec.Target{Address: bb}))
+				must(t, b.AddTarget(svc, spec.Target{Address: bb, Weight: 1}))
 				if got := lbtest.Tally(c, u, 10); got["a"] == 0 || got["b"] == 0 {
 					t.Fatalf("after adding b back: %v", got)
 				}

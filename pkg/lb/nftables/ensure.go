@@ -3,8 +3,6 @@ package nftables
 import (
 	"errors"
 	"fmt"
-	"net/netip"
-	"slices"
 
 	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
@@ -14,7 +12,8 @@ import (
 )
 
 // Ensure makes the kernel's view of svc exactly svc, creating the table
-// and the service as needed, in one transaction.
+// and the service as needed, in one transaction. A service in the first
+// layout is moved to the current one in place (see migrate.go).
 func (b *Backend) Ensure(svc spec.Service) error {
 	s, err := validate(svc)
 	if err != nil {
@@ -29,14 +28,18 @@ func (b *Backend) Ensure(svc spec.Service) error {
 }
 
 func (b *Backend) ensure(s *spec.Spec) error {
-	exists, err := b.tableExists()
+	p, err := newPlan(s)
+	if err != nil {
+		return api.Errorf(api.ErrUnsupported, "%v", err)
+	}
+	t, err := b.readTable()
 	if err != nil {
 		return err
 	}
-	if !exists {
-		bt := b.newBatch()
+	if !t.exists {
+		bt := newBatch()
 		bt.createTable()
-		bt.createService(s)
+		bt.createService(p)
 		err := b.commit(bt)
 		switch {
 		case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EOPNOTSUPP):
@@ -46,137 +49,118 @@ func (b *Backend) ensure(s *spec.Spec) error {
 			return wrapCommit("create table inet "+tableName, err)
 		}
 		// Another process created the table meanwhile: go on with it.
+		if t, err = b.readTable(); err != nil {
+			return err
+		}
 	}
 	cur, err := b.readService(s.Name)
 	if err != nil {
 		return err
 	}
-	bt := b.newBatch()
-	if cur == nil {
-		bt.createService(s)
-	} else {
-		bt.updateService(b, s, cur)
+	bt := newBatch()
+	if !t.current {
+		vips, err := b.allVIPs()
+		if err != nil {
+			return err
+		}
+		bt.upgradeTable(vips)
 	}
-	return wrapCommit("program service", b.commit(bt))
-}
-
-// AddTarget adds t (already part of svc) in one transaction that touches
-// only this service's chain, the new target's objects and one element of
-// the service's target set, with no reads. If that fails (e.g. the
-// service is not programmed), it falls back to Ensure.
-func (b *Backend) AddTarget(svc spec.Service, t spec.Target) error {
-	return b.changeTarget(svc, t, true)
-}
-
-// RemoveTarget removes t (no longer part of svc) the same way.
-func (b *Backend) RemoveTarget(svc spec.Service, t spec.Target) error {
-	return b.changeTarget(svc, t, false)
-}
-
-func (b *Backend) changeTarget(svc spec.Service, t spec.Target, add bool) error {
-	s, err := validate(svc)
-	if err != nil {
-		return err
-	}
-	verb := map[bool]string{true: "add", false: "remove"}[add]
-	ap, err := api.ParseAddrPort(t.Address)
-	if err != nil {
-		return fmt.Errorf("%s: %s target: %w", s.Prefix(), verb, err)
-	}
-	if slices.Contains(addrs(s.Targets), ap) != add {
-		return fmt.Errorf("%s: %s target %s: pass the service as it is after the change: %w",
-			s.Prefix(), verb, ap, api.ErrInvalid)
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	bt := b.newBatch()
-	elem := targetElems([]netip.AddrPort{ap})
-	if add {
-		bt.addElems(targetSetRef(s.Name), elem)
-		bt.addTarget(s, ap)
-	}
-	bt.flushChain(svcChainDef(s.Name))
-	bt.fail(bt.addServiceRules(s))
-	if !add {
-		bt.delTarget(s.Name, ap, s.Persistence > 0)
-		bt.delElems(targetSetRef(s.Name), elem)
+	switch {
+	case cur == nil:
+		bt.createService(p)
+	case cur.v1:
+		bt.migrate(b, p, cur)
+	default:
+		bt.updateService(p, cur)
 	}
 	if err := b.commit(bt); err != nil {
-		if err := b.ensure(s); err != nil {
-			return fmt.Errorf("%s: %s target %s: nftables: %w", s.Prefix(), verb, ap, err)
-		}
+		return wrapCommit("program service", err)
+	}
+	if cur != nil && cur.v1 && t.v1Sets {
+		b.dropV1Sets()
 	}
 	return nil
 }
 
 // createService queues every object of a service that is not programmed.
-func (bt *batch) createService(s *spec.Spec) {
-	bt.addSet(targetSetDef(s.Name, s.IPv6()), targetElems(addrs(s.Targets)))
-	for _, t := range s.Targets {
-		bt.addTarget(s, t.Addr)
-	}
-	bt.addObj(counterDef(s.Name))
-	bt.addChain(svcChainDef(s.Name))
-	bt.fail(bt.addServiceRules(s))
-	bt.addVIP(s)
+func (b *batch) createService(p *plan) {
+	b.writeRules(p, nil)
+	b.applyRoster(p, header{}, false, nil, p.entries())
+	b.addVIP(p)
 }
 
-// updateService queues the changes from cur to s. Adds are idempotent,
+// updateService queues the changes from cur to p. Adds are idempotent,
 // so objects someone deleted by hand come back.
-func (bt *batch) updateService(b *Backend, s *spec.Spec, cur *current) {
-	if cur.hasRec && (cur.rec.vip != s.VIP || cur.rec.proto != s.Proto) {
-		bt.delVIP(cur.rec.vip, cur.rec.proto)
-	}
-	bt.flushChain(svcChainDef(s.Name)) // first: it references the rest
-	want := addrs(s.Targets)
-	var stale []netip.AddrPort
-	for _, t := range cur.targets {
-		if !slices.Contains(want, t) {
-			stale = append(stale, t)
-			bt.delTarget(s.Name, t, cur.hadAffinity(b, s.Name, t))
+func (b *batch) updateService(p *plan, cur *current) {
+	if cur.rec.vip != p.s.VIP || cur.rec.proto != p.s.Proto {
+		b.delVIP(cur, true)
+		if cur.hasHdr {
+			b.purgeRoster(p.s.Name, cur)
 		}
-	}
-	for _, t := range want {
-		had := slices.Contains(cur.targets, t) && cur.hadAffinity(b, s.Name, t)
-		bt.addTarget(s, t)
-		if had && s.Persistence == 0 {
-			bt.delSet(&nftables.Set{Table: table(), Name: affinitySet(s.Name, t)})
-		}
-	}
-	if cur.v6 != s.IPv6() {
-		// The key type changes with the family: replace the set.
-		bt.delSet(targetSetRef(s.Name))
-		bt.addSet(targetSetDef(s.Name, s.IPv6()), targetElems(want))
+		b.writeRules(p, cur)
+		b.applyRoster(p, header{}, false, nil, p.entries())
 	} else {
-		bt.delElems(targetSetRef(s.Name), targetElems(stale))
-		bt.addElems(targetSetRef(s.Name), targetElems(want))
+		b.writeRules(p, cur)
+		b.applyRoster(p, cur.hdr, cur.hasHdr, cur.roster, nextRoster(cur.roster, p.s.Targets))
 	}
-	bt.addObj(counterDef(s.Name))
-	bt.addChain(svcChainDef(s.Name))
-	bt.fail(bt.addServiceRules(s))
-	bt.addVIP(s)
+	b.addVIP(p)
 }
 
-// addVIP sends the service address to the service chain and counts it.
-func (bt *batch) addVIP(s *spec.Spec) {
-	v6 := s.IPv6()
-	bt.addElems(servicesRef(v6), []nftables.SetElement{serviceElem(s)})
-	bt.addElems(flowsRef(v6), []nftables.SetElement{{Key: tupleKey(s.VIP, s.Proto)}})
+// delVIP deletes cur's address from the services map, flows and, if the
+// table has the current layout's sets, vips.
+func (b *batch) delVIP(cur *current, vips bool) {
+	k := []nftables.SetElement{{Key: tupleKey(cur.rec.vip, cur.rec.proto)}}
+	b.delElems(ref(servicesMap(cur.v6())), k)
+	b.delElems(ref(flowsSet(cur.v6())), k)
+	if vips {
+		b.delElems(ref(vipsSet(cur.v6())), k)
+	}
 }
 
-func (bt *batch) delVIP(vip netip.AddrPort, proto uint8) {
-	v6 := vip.Addr().Is6()
-	bt.delElems(servicesRef(v6), []nftables.SetElement{{Key: tupleKey(vip, proto)}})
-	bt.delElems(flowsRef(v6), []nftables.SetElement{{Key: tupleKey(vip, proto)}})
+// tableState is what Ensure needs to know of the table.
+type tableState struct {
+	exists  bool
+	current bool // has the current layout's maps
+	v1Sets  bool // still has sets only the first layout uses
 }
 
-// References to existing sets: element changes need only table and name.
-func servicesRef(v6 bool) *nftables.Set {
-	return &nftables.Set{Table: table(), Name: servicesMap(v6), IsMap: true}
+func (b *Backend) readTable() (tableState, error) {
+	var t tableState
+	var err error
+	if t.exists, err = b.tableExists(); err != nil || !t.exists {
+		return t, err
+	}
+	if t.current, err = b.setExists(targetsMap(false)); err != nil {
+		return t, err
+	}
+	t.v1Sets, err = b.setExists(v1RecentPrefix + "4")
+	return t, err
 }
-func flowsRef(v6 bool) *nftables.Set { return &nftables.Set{Table: table(), Name: flowsSet(v6)} }
-func targetSetRef(name string) *nftables.Set {
-	return &nftables.Set{Table: table(), Name: targetSet(name)}
+
+// allVIPs reads the keys of both services maps (upgrade only).
+func (b *Backend) allVIPs() ([2][][]byte, error) {
+	var out [2][][]byte
+	for i, v6 := range []bool{false, true} {
+		elems, err := b.conn.GetSetElements(ref(servicesMap(v6)))
+		if err != nil {
+			return out, fmt.Errorf("list map %s: %w", servicesMap(v6), err)
+		}
+		for _, e := range elems {
+			out[i] = append(out[i], e.Key)
+		}
+	}
+	return out, nil
+}
+
+func (b *Backend) setExists(name string) (bool, error) {
+	_, err := b.conn.GetSetByName(table(), name)
+	switch {
+	case err == nil:
+		return true, nil
+	case isNotExist(err):
+		return false, nil
+	}
+	return false, fmt.Errorf("get set %s: %w", name, err)
 }
 
 func wrapCommit(what string, err error) error {

@@ -28,13 +28,22 @@ func newBackend(t testing.TB, ns *lbtest.NS) *Backend {
 	return b
 }
 
+// service is a service whose targets have weight 1 (0 would drain them).
 func service(name, vip, sched string, targets ...string) spec.Service {
 	s := spec.Service{Name: name, Address: vip, Scheduler: sched}
 	for _, a := range targets {
-		s.Targets = append(s.Targets, spec.Target{Address: a})
+		s.Targets = append(s.Targets, spec.Target{Address: a, Weight: 1})
 	}
 	return s
 }
+
+// with returns svc with its targets replaced (a copy).
+func with(svc spec.Service, targets ...spec.Target) spec.Service {
+	svc.Targets = append([]spec.Target(nil), targets...)
+	return svc
+}
+
+func target(addr string, weight int) spec.Target { return spec.Target{Address: addr, Weight: weight} }
 
 func hostPort(ip string, port string) string {
 	if netip.MustParseAddr(ip).Is6() {
@@ -129,6 +138,12 @@ func nsFd(t testing.TB, ns *lbtest.NS) int {
 	must(t, err)
 	t.Cleanup(func() { b.Close() })
 	return int(b.ns.Fd())
+}
+
+// hostTopo is the standard topology, for tests the VM tier skips.
+func hostTopo(t *testing.T) *lbtest.Topo {
+	lbtest.HostOnly(t)
+	return lbtest.NewTopo(t)
 }
 
 func stats(t testing.TB, b *Backend, svc spec.Service) *spec.Stats {

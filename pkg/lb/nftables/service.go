@@ -1,11 +1,6 @@
 package nftables
 
 import (
-	"fmt"
-	"hash/fnv"
-	"net/netip"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/google/nftables"
@@ -13,209 +8,177 @@ import (
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 
-	"github.com/circuit-cni/circuit/api"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
 )
 
-const dynsetUpdate = unix.NFT_DYNSET_OP_UPDATE
-
-// commentPrefix starts the comment on a service chain's first rule, which
-// records what the chain was made for, so that Ensure can clean up after a
-// change of address or persistence without scanning other services.
-const commentPrefix = "circuit service"
-
-func svcChainDef(name string) *nftables.Chain {
-	return &nftables.Chain{Name: serviceChain(name), Table: table()}
+// plan is a service as the current layout programs it.
+type plan struct {
+	s     *spec.Spec
+	f     fam
+	hdr   header
+	seed  uint32
+	slots string // its shard of the slots map
 }
 
-func targetChainDef(name string, t netip.AddrPort) *nftables.Chain {
-	return &nftables.Chain{Name: targetChain(name, t), Table: table()}
+func newPlan(s *spec.Spec) (*plan, error) {
+	live := 0
+	for _, t := range s.Targets {
+		if !t.Draining() {
+			live++
+		}
+	}
+	n, err := slotCount(live)
+	if err != nil {
+		return nil, err
+	}
+	return &plan{s: s, f: famOf(s.IPv6()), seed: hashSeed(s.Name), slots: slotsMap(s.IPv6(), shardOf(s.Name)), hdr: header{
+		slots:       n,
+		hash:        s.Scheduler == "sh",
+		weighted:    s.Scheduler != "rr",
+		persistence: uint32(s.Persistence / time.Second),
+	}}, nil
+}
+
+func (p *plan) pickChain() *nftables.Chain {
+	return &nftables.Chain{Name: pickChain(p.s.Name), Table: table()}
+}
+
+func (p *plan) stickChain() *nftables.Chain {
+	return &nftables.Chain{Name: stickChain(p.s.Name), Table: table()}
 }
 
 func counterDef(name string) *nftables.CounterObj {
 	return &nftables.CounterObj{Table: table(), Name: counterName(name)}
 }
 
-func targetCounterDef(name string, t netip.AddrPort) *nftables.CounterObj {
-	return &nftables.CounterObj{Table: table(), Name: targetChain(name, t)}
-}
-
-// recorded is what a service chain's comment says about it.
-type recorded struct {
-	vip         netip.AddrPort
-	proto       uint8
-	persistence time.Duration
-}
-
-func serviceComment(s *spec.Spec) string {
-	return fmt.Sprintf("%s %s %s %s %s %d", commentPrefix, s.Name, s.VIP, s.Protocol, s.Scheduler,
-		int64(s.Persistence/time.Second))
-}
-
-func parseComment(c string) (recorded, bool) {
-	rest, ok := strings.CutPrefix(c, commentPrefix+" ")
-	f := strings.Fields(rest)
-	if !ok || len(f) < 5 {
-		return recorded{}, false
+// entries is the caller's target list as a roster.
+func (p *plan) entries() []entry {
+	out := make([]entry, len(p.s.Targets))
+	for i, t := range p.s.Targets {
+		out[i] = entry{t.Addr, t.Weight}
 	}
-	vip, err := api.ParseAddrPort(f[1])
-	secs, err2 := strconv.ParseInt(f[4], 10, 64)
-	if err != nil || err2 != nil {
-		return recorded{}, false
-	}
-	return recorded{vip: vip, proto: api.Protocols[f[2]], persistence: time.Duration(secs) * time.Second}, true
+	return out
 }
 
-func commentOf(ud []byte) (string, bool) {
-	return userdata.GetString(ud, userdata.TypeComment)
+// matchVIP matches a packet to the service's VIP tuple (before DNAT):
+// every rule of a service in a shared chain starts with it.
+func (p *plan) matchVIP() []any {
+	f := p.f
+	return cat(matchFam(f, p.s.Proto), []any{
+		&expr.Payload{DestRegister: regKey, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddrAt, Len: f.addrLen},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: regKey, Data: p.s.VIP.Addr().AsSlice()},
+		&expr.Payload{DestRegister: regKey, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: regKey, Data: be16(p.s.VIP.Port())},
+	})
 }
 
-// serviceElem is the services-map element sending the VIP to the chain.
-func serviceElem(s *spec.Spec) nftables.SetElement {
-	return nftables.SetElement{Key: tupleKey(s.VIP, s.Proto),
-		VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: serviceChain(s.Name)}}
-}
-
-func targetElems(ts []netip.AddrPort) []nftables.SetElement {
-	e := make([]nftables.SetElement, len(ts))
-	for i, t := range ts {
-		e[i] = nftables.SetElement{Key: targetKey(t)}
-	}
-	return e
-}
-
-func addrs(ts []spec.ParsedTarget) []netip.AddrPort {
-	a := make([]netip.AddrPort, len(ts))
-	for i, t := range ts {
-		a[i] = t.Addr
-	}
-	return a
-}
-
-// hashSeed is fixed per service so that rewriting the chain (e.g. on
-// restore) does not move clients when the targets did not change.
-func hashSeed(name string) uint32 {
-	h := fnv.New32a()
-	h.Write([]byte(name))
-	return h.Sum32() | 1 // 0 would ask the kernel for a random seed
-}
-
-func gotoTarget(name string, t netip.AddrPort) *expr.Verdict {
-	return &expr.Verdict{Kind: expr.VerdictGoto, Chain: targetChain(name, t)}
-}
-
-// addServiceRules queues the service chain's rules into an empty (new or
-// flushed) chain. Target chains (and affinity sets) must exist or be
-// queued before.
+// svcRules are the service's rules in its pick chain (nat, reached by goto
+// from the services map), each behind matchVIP:
 //
-//	counter name "svc-NAME" comment "circuit service ..."  # new connections
-//	ip saddr @aff-NAME/T goto svc-NAME/T                    # per target, if persistent
-//	numgen inc mod 4 vmap { 0-2 : goto svc-NAME/A, 3 : goto svc-NAME/B }
-//	drop                                                    # no target
-func (b *batch) addServiceRules(s *spec.Spec) error {
-	f := famOf(s.IPv6())
-	ch := svcChainDef(s.Name)
-	rule := func(e ...expr.Any) *nftables.Rule {
-		return &nftables.Rule{Table: table(), Chain: ch, Exprs: e}
-	}
-	first := rule(&expr.Objref{Type: unix.NFT_OBJECT_COUNTER, Name: counterName(s.Name)})
-	first.UserData = userdata.AppendString(nil, userdata.TypeComment, serviceComment(s))
-	b.addRule(first)
-
-	if len(s.Targets) > 0 {
-		if s.Persistence > 0 {
-			for _, t := range s.Targets {
-				e := append(matchNfproto(f), loadSaddr(f),
-					lookup(affinitySet(s.Name, t.Addr), 0, regSaddr), gotoTarget(s.Name, t.Addr))
-				b.addRule(rule(e...))
-			}
-		}
-		mod, ranges, err := slots(weights(s))
-		if err != nil {
-			return err
-		}
-		m := slotMapDef()
-		elems := make([]nftables.SetElement, 0, len(ranges)+1)
-		for _, r := range ranges {
-			elems = append(elems, nftables.SetElement{Key: be32(r.First), VerdictData: gotoTarget(s.Name, s.Targets[r.Target].Addr)})
-		}
-		elems = append(elems, nftables.SetElement{Key: be32(mod), IntervalEnd: true})
-		b.addSet(m, elems)
-
-		var e []expr.Any
-		if s.Scheduler == "sh" {
-			e = append(matchNfproto(f), loadSaddr(f),
-				&expr.Hash{SourceRegister: regSaddr, DestRegister: regKey, Length: f.addrLen,
-					Modulus: mod, Seed: hashSeed(s.Name), Type: expr.HashTypeJenkins})
-		} else {
-			e = append(e, &expr.Numgen{Register: regKey, Modulus: mod, Type: unix.NFT_NG_INCREMENTAL})
-		}
-		e = append(e,
-			&expr.Byteorder{SourceRegister: regKey, DestRegister: regKey, Op: expr.ByteorderHton, Len: 4, Size: 4},
-			&expr.Lookup{SourceRegister: regKey, IsDestRegSet: true, DestRegister: 0, SetName: m.Name, SetID: m.ID})
-		b.addRule(rule(e...))
-	}
-	// Not reached with targets; without, drop rather than let the packet
-	// go on to the VIP un-NATed.
-	b.addRule(rule(&expr.Verdict{Kind: expr.VerdictDrop}))
-	return nil
-}
-
-// addTargetRules queues the rules of a target chain (new or flushed):
+//	ip daddr VIP tcp dport P counter name "svc-NAME" comment "circuit service v2 ..."   # new connections
+//	ip daddr VIP tcp dport P dnat ip to ip saddr map @aff-NAME                          # if persistent: a known client
+//	ip daddr VIP tcp dport P dnat ip to ip daddr . meta l4proto . th dport . numgen inc mod S map @slots4-K
+//	ip daddr VIP tcp dport P drop                                                        # no live target
 //
-//	counter name "svc-NAME/T"
-//	update @aff-NAME/T { ip saddr timeout P }   # if persistent
-//	update @recentN { T }
-//	meta l4proto tcp dnat ip to T
+// (sh: jhash ip saddr mod S seed H instead of numgen.) None of them names
+// a target: target changes rewrite elements of the slots map only.
+func (p *plan) svcRules() [][]any {
+	f := p.f
+	rules := [][]any{{&expr.Objref{Type: unix.NFT_OBJECT_COUNTER, Name: counterName(p.s.Name)}}}
+	if p.hdr.persistence > 0 {
+		rules = append(rules, []any{
+			&expr.Payload{DestRegister: regKey, Base: expr.PayloadBaseNetworkHeader, Offset: f.saddrAt, Len: f.addrLen},
+			lookupMap(affinityMap(p.s.Name), regKey, regKey),
+			dnat(f),
+		})
+	}
+	pick := []any{&expr.Numgen{Register: f.reg(2), Modulus: p.hdr.slots, Type: unix.NFT_NG_INCREMENTAL}}
+	if p.hdr.hash {
+		pick = []any{loadSaddr(f), &expr.Hash{SourceRegister: regSaddr, DestRegister: f.reg(2), Length: f.addrLen,
+			Modulus: p.hdr.slots, Seed: p.seed, Type: expr.HashTypeJenkins}}
+	}
+	rules = append(rules, cat(loadVIP(f, false), pick, []any{lookupMap(p.slots, regKey, regKey), dnat(f)}))
+	rules = append(rules, []any{&expr.Verdict{Kind: expr.VerdictDrop}})
+	for i := range rules {
+		rules[i] = cat(p.matchVIP(), rules[i])
+	}
+	return rules
+}
+
+// stickRule remembers a persistent service's client (after DNAT, so the
+// target is in the packet), refreshing the entry on each new connection:
 //
-// A set update fails when the set is full and ends its rule, so each
-// update has its own rule: a full set costs stickiness, never the DNAT.
-func (b *batch) addTargetRules(s *spec.Spec, t netip.AddrPort) {
-	f := famOf(t.Addr().Is6())
-	ch := targetChainDef(s.Name, t)
-	rule := func(e ...expr.Any) {
-		b.addRule(&nftables.Rule{Table: table(), Chain: ch, Exprs: e})
-	}
-	rule(&expr.Objref{Type: unix.NFT_OBJECT_COUNTER, Name: targetChain(s.Name, t)})
-	if s.Persistence > 0 {
-		// Refreshes the client's timeout on each new connection.
-		rule(append(matchNfproto(f), loadSaddr(f),
-			&expr.Dynset{SrcRegKey: regSaddr, SetName: affinitySet(s.Name, t), Operation: dynsetUpdate, Timeout: s.Persistence})...)
-	}
-	target := []expr.Any{
-		&expr.Immediate{Register: regKey, Data: t.Addr().AsSlice()},
-		&expr.Immediate{Register: f.reg(0), Data: be16(t.Port())},
-	}
-	rule(append(target, &expr.Dynset{SrcRegKey: regKey, SetName: recentSet(f.v6), Operation: dynsetUpdate})...)
-	// The protocol match is redundant (the services map keys on it) but
-	// lets nft print a port mapping it can read back.
-	rule(append([]expr.Any{
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: regKey},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: regKey, Data: []byte{s.Proto}},
-	}, append(target, dnat(f))...)...)
+//	ct original ip daddr VIP ct original proto-dst P update @aff-NAME { ip saddr timeout T : ip daddr . th dport }
+func (p *plan) stickRule() []any {
+	f := p.f
+	return cat(matchFam(f, p.s.Proto), []any{
+		ctLoad{key: f.ctDst, dir: ctDirOrig, reg: regKey},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: regKey, Data: p.s.VIP.Addr().AsSlice()},
+		ctLoad{key: unix.NFT_CT_PROTO_DST, dir: ctDirOrig, reg: regKey},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: regKey, Data: be16(p.s.VIP.Port())},
+		loadSaddr(f),
+		&expr.Payload{DestRegister: regKey, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddrAt, Len: f.addrLen},
+		&expr.Payload{DestRegister: f.reg(0), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Dynset{SrcRegKey: regSaddr, SrcRegData: regKey, SetName: affinityMap(p.s.Name),
+			Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: p.s.Persistence},
+	})
 }
 
-// addTarget queues a target's chain, counter and affinity set (adds are
-// idempotent) and rewrites its chain.
-func (b *batch) addTarget(s *spec.Spec, t netip.AddrPort) {
-	b.addObj(targetCounterDef(s.Name, t))
-	if s.Persistence > 0 {
-		b.addSet(affinitySetDef(s.Name, t), nil)
+// addSvcRules appends the service's rules to its pick chain; each carries
+// a comment naming the service (the first one its whole record), so that
+// they can be found and deleted by handle.
+func (b *batch) addSvcRules(p *plan) {
+	for i, r := range p.svcRules() {
+		c := ownerComment(p.s.Name)
+		if i == 0 {
+			c = serviceComment(p.s)
+		}
+		b.addRule(&nftables.Rule{Table: table(), Chain: p.pickChain(), Exprs: exprs(r),
+			UserData: userdata.AppendString(nil, userdata.TypeComment, c)})
 	}
-	ch := targetChainDef(s.Name, t)
-	b.addChain(ch)
-	b.flushChain(ch)
-	b.addTargetRules(s, t)
 }
 
-// delTarget queues the removal of a target's objects. The service chain
-// must be flushed before in the same batch (it references them).
-func (b *batch) delTarget(name string, t netip.AddrPort, hadAffinity bool) {
-	ch := targetChainDef(name, t)
-	b.flushChain(ch)
-	b.delChain(ch)
-	b.delObj(targetCounterDef(name, t))
-	if hadAffinity {
-		b.delSet(&nftables.Set{Table: table(), Name: affinitySet(name, t)})
+// writeRules queues the service's rules, counter and affinity map as p
+// wants them, replacing what cur (nil: nothing) had. Rules are replaced
+// only when what they depend on changed, and the affinity map is kept
+// (with its clients) unless the persistence or the address changed.
+func (b *batch) writeRules(p *plan, cur *current) {
+	name, v6 := p.s.Name, p.f.v6
+	v2 := cur != nil && !cur.v1 && cur.hasHdr
+	sameKey := v2 && cur.rec.vip == p.s.VIP && cur.rec.proto == p.s.Proto
+	// rr and wrr share their rules: only the slots differ.
+	sameRules := func(a, b header) bool { a.weighted, b.weighted = false, false; return a == b }
+	same := sameKey && sameRules(cur.hdr, p.hdr) && len(cur.rules) > 0
+	had := v2 && cur.hdr.persistence > 0
+	keep := had && sameKey && cur.hdr.persistence == p.hdr.persistence && len(cur.stickRules) > 0
+	b.addObj(counterDef(name))
+	if same {
+		return
 	}
+	b.addChain(p.pickChain())
+	if cur != nil {
+		b.delRules(cur.rules) // first: they reference the rest
+	}
+	if had && !keep {
+		b.delRules(cur.stickRules)
+		b.delElems(ref(stickyMap(cur.v6())), []nftables.SetElement{{Key: tupleKey(cur.rec.vip, cur.rec.proto)}})
+		b.delSet(ref(affinityMap(name)))
+	}
+	if p.hdr.persistence > 0 && !keep {
+		b.addSet(affinityMapDef(name, v6, p.s.Persistence), nil)
+		b.addChain(p.stickChain())
+		b.raw(rawRule(stickChain(name), p.stickRule(), ownerComment(name)))
+		b.addElems(ref(stickyMap(v6)), []nftables.SetElement{{Key: tupleKey(p.s.VIP, p.s.Proto),
+			VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: stickChain(name)}}})
+	}
+	b.addSvcRules(p)
+}
+
+// addVIP sends the service address to its pick chain and counts it.
+func (b *batch) addVIP(p *plan) {
+	k := tupleKey(p.s.VIP, p.s.Proto)
+	b.addElems(ref(servicesMap(p.f.v6)), []nftables.SetElement{{Key: k,
+		VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: pickChain(p.s.Name)}}})
+	b.addElems(ref(flowsSet(p.f.v6)), []nftables.SetElement{{Key: k}})
+	b.addElems(ref(vipsSet(p.f.v6)), []nftables.SetElement{{Key: k}})
 }

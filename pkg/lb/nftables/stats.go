@@ -1,24 +1,27 @@
 package nftables
 
 import (
-	"bytes"
 	"fmt"
 	"net/netip"
 
 	"github.com/google/nftables"
 
 	"github.com/circuit-cni/circuit/api"
+	"github.com/circuit-cni/circuit/pkg/lb/internal/conntrack"
+	"github.com/circuit-cni/circuit/pkg/lb/internal/nsfd"
 	"github.com/circuit-cni/circuit/pkg/lb/internal/spec"
 )
 
 // Stats reads the service's counters:
-//   - Connections: the counter at the top of the service chain. NAT chains
-//     see only the first packet of a connection, so its packet count is
-//     the number of new connections.
+//   - Connections: the counter at the top of the service chain (NAT
+//     chains see only the first packet of a connection).
 //   - Packets, Bytes: the service's @flowsN element, counting both
 //     directions (before DNAT and after un-DNAT).
-//   - per target: Connections, from the target chain's counter. Per-target
-//     packets and bytes are not tracked by this backend (always 0).
+//   - per target: Packets and Bytes from @tbytesN (every packet of its
+//     connections, both directions), Connections from @tconnsN (their
+//     first packets), both counted after DNAT.
+//   - Active: the conntrack entries of the service DNATed to each target
+//     (see package conntrack).
 func (b *Backend) Stats(svc spec.Service) (*spec.Stats, error) {
 	if err := api.ValidServiceName(svc.Name); err != nil {
 		return nil, fmt.Errorf("lb: %w", err)
@@ -49,40 +52,104 @@ func (b *Backend) stats(svc spec.Service) (*spec.Stats, error) {
 	if s, err := spec.Parse(svc); err == nil {
 		cur.fallbackRecord(s)
 	}
-	st := &spec.Stats{Targets: map[string]spec.Counters{}}
+	st := &spec.Stats{Targets: map[string]spec.Counters{}, Active: map[string]uint64{}, Outdated: cur.v1}
 	if st.Service.Connections, err = b.counter(counterDef(svc.Name)); err != nil {
 		return nil, err
 	}
-	if cur.rec.vip.IsValid() {
-		flows, err := b.conn.GetSetElements(flowsRef(cur.rec.vip.Addr().Is6()))
-		if err != nil {
-			return nil, fmt.Errorf("list set %s: %w", flowsSet(cur.rec.vip.Addr().Is6()), err)
-		}
-		for _, e := range flows {
-			if bytes.Equal(e.Key, cur.key()) && e.Counter != nil {
-				st.Service.Packets, st.Service.Bytes = e.Counter.Packets, e.Counter.Bytes
-			}
-		}
-	}
-	names := targetNames(svc)
-	for _, t := range cur.targets {
-		n, err := b.counter(targetCounterDef(svc.Name, t))
+	vip, proto, v6 := cur.rec.vip, cur.rec.proto, cur.v6()
+	if vip.IsValid() {
+		flows, err := getElems(b.nl, flowsSet(v6), [][]byte{tupleKey(vip, proto)})
 		if err != nil {
 			return nil, err
 		}
-		name, ok := names[t]
-		if !ok {
-			name = t.String()
+		for _, e := range flows {
+			st.Service.Packets, st.Service.Bytes = e.packets, e.bytes
 		}
-		st.Targets[name] = spec.Counters{Connections: n}
-		// Weights live in the slots; only the target set is read back.
-		st.Programmed.Targets = append(st.Programmed.Targets, spec.Target{Address: t.String(), Forward: api.ForwardNAT})
+	}
+	names := targetNames(svc)
+	name := func(t netip.AddrPort) string {
+		if n, ok := names[t]; ok {
+			return n
+		}
+		return t.String()
+	}
+	if cur.v1 {
+		if err := b.v1TargetStats(svc.Name, cur, st, name); err != nil {
+			return nil, err
+		}
+	} else if err := b.targetStats(cur, st, name); err != nil {
+		return nil, err
+	}
+	for _, t := range st.Programmed.Targets {
+		st.Active[name(netip.MustParseAddrPort(t.Address))] = 0 // every target, 0 included
+	}
+	if vip.IsValid() {
+		active, err := conntrack.Count(nsfd.Fd(b.ns), vip, proto)
+		if err != nil {
+			return nil, err
+		}
+		for t, n := range active {
+			st.Active[name(t)] = n
+			st.ActiveTotal += n
+		}
 	}
 	st.Programmed.Name = svc.Name
 	if cur.hasRec {
 		st.Programmed.Address, st.Programmed.Persistence = cur.rec.vip.String(), cur.rec.persistence
+		st.Programmed.Scheduler = cur.rec.scheduler
+		for p, n := range api.Protocols {
+			if n == cur.rec.proto {
+				st.Programmed.Protocol = p
+			}
+		}
 	}
 	return st, nil
+}
+
+// targetStats reads the per-target counters of the current layout.
+func (b *Backend) targetStats(cur *current, st *spec.Stats, name func(netip.AddrPort) string) error {
+	vip, proto, v6 := cur.rec.vip, cur.rec.proto, cur.v6()
+	keys := make([][]byte, len(cur.roster))
+	for i, e := range cur.roster {
+		keys[i] = pairKey(vip, proto, e.addr)
+		st.Targets[name(e.addr)] = spec.Counters{}
+		st.Programmed.Targets = append(st.Programmed.Targets,
+			spec.Target{Address: e.addr.String(), Weight: e.weight, Forward: api.ForwardNAT})
+	}
+	for _, set := range []string{tbytesSet(v6), tconnsSet(v6)} {
+		es, err := getElems(b.nl, set, keys)
+		if err != nil {
+			return err
+		}
+		for _, e := range es {
+			ap, ok := parseTargetKey(e.key[len(e.key)-len(targetKey(vip)):])
+			if !ok {
+				continue
+			}
+			c := st.Targets[name(ap)]
+			if set == tconnsSet(v6) {
+				c.Connections = e.packets
+			} else {
+				c.Packets, c.Bytes = e.packets, e.bytes
+			}
+			st.Targets[name(ap)] = c
+		}
+	}
+	return nil
+}
+
+// v1TargetStats reads a first-layout service's per-target connection
+// counters (it kept no per-target packets or bytes, nor weights: 0).
+func (b *Backend) v1TargetStats(svcName string, cur *current, st *spec.Stats, name func(netip.AddrPort) string) error {
+	for _, t := range cur.v1Target {
+		n, err := b.counter(&nftables.CounterObj{Table: table(), Name: v1TargetChain(svcName, t)})
+		if err != nil {
+			return err
+		}
+		st.Targets[name(t)] = spec.Counters{Connections: n}
+		st.Programmed.Targets = append(st.Programmed.Targets, spec.Target{Address: t.String(), Forward: api.ForwardNAT})
+	}
+	return nil
 }
 
 // counter returns the packet count of a named counter.

@@ -77,6 +77,12 @@ func NewNS(t testing.TB, role string) *NS {
 	if n.nl, err = netlink.NewHandleAt(h); err != nil {
 		t.Fatalf("netlink handle in %s: %v", name, err)
 	}
+	// Links made later get link-local addresses usable at once: with
+	// duplicate address detection, a namespace's first IPv6 neighbor
+	// discovery waits for it (a first request took 2s).
+	for _, c := range []string{"all", "default"} {
+		n.Sysctl(t, "net/ipv6/conf/"+c+"/accept_dad", "0")
+	}
 	lo, err := n.nl.LinkByName("lo")
 	if err == nil {
 		err = n.nl.LinkSetUp(lo)

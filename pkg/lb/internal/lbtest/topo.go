@@ -4,6 +4,8 @@ import (
 	"os/exec"
 	"testing"
 	"time"
+
+	"github.com/circuit-cni/circuit/pkg/testutil"
 )
 
 // Addresses of the standard topology. All inside test namespaces.
@@ -20,6 +22,10 @@ const (
 	A6 = "fd00:201:2::2"
 	B4 = "10.201.3.2"
 	B6 = "fd00:201:3::2"
+
+	// EchoPort is where every server also answers lines on long-lived
+	// connections (ServeEcho).
+	EchoPort = "7007"
 
 	// Hairpin: client C and server H share bridge br0 in the LB namespace.
 	C4 = "10.201.4.2"
@@ -61,6 +67,7 @@ func NewTopo(t testing.TB) *Topo {
 	}{{tp.A, "a", []string{A4, "[" + A6 + "]"}}, {tp.B, "b", []string{B4, "[" + B6 + "]"}}} {
 		for _, a := range s.addr {
 			s.ns.Serve(t, a+":80", s.name)
+			s.ns.ServeEcho(t, a+":"+EchoPort, s.name)
 		}
 	}
 	return tp
@@ -92,3 +99,12 @@ func Tool(name string) (string, bool) {
 // SetPersistence sets a service's persistence whether the field is a
 // time.Duration or a api.Duration.
 func SetPersistence[T ~int64](field *T, d time.Duration) { *field = T(d) }
+
+// HostOnly skips a test in the VM tier: it needs only what the host
+// kernel has, and the VM tier is for what it lacks.
+func HostOnly(t testing.TB) {
+	t.Helper()
+	if testutil.InVM() {
+		t.Skip("host-kernel test: skipped in the VM tier")
+	}
+}

@@ -27,11 +27,15 @@ type Service struct {
 // Target is one real server of a Service.
 type Target struct {
 	Address string // ip:port
-	Weight  int    // 1..api.MaxWeight; 0 is 1
+	// Weight is 1..api.MaxWeight, or 0: draining. A draining target gets
+	// no new connection; the ones it has go on until they end. Users never
+	// set 0 (api.ValidWeight refuses it): the controller does, to drain.
+	Weight  int
 	Forward string // nat, dr or tunnel; "" is nat
 }
 
-// Counters are the kernel's statistics of a service or target.
+// Counters are the kernel's statistics of a service or target: new
+// connections, and packets and bytes in both directions.
 type Counters struct {
 	Connections uint64
 	Packets     uint64
@@ -43,10 +47,23 @@ type Counters struct {
 type Stats struct {
 	Service Counters
 	Targets map[string]Counters
+	// Active is the connections each target holds now, keyed as Targets
+	// (IPVS: the destination's established connections, and for UDP every
+	// one it holds; nftables: the conntrack entries of the service DNATed
+	// to the target, but for TCP's TIME_WAIT and CLOSE ones), and
+	// ActiveTotal their sum. A drain may end when a target's count is 0.
+	// (Not a Counters field: controller/local converts Counters to
+	// api.Counters, which must keep the same fields.)
+	Active      map[string]uint64
+	ActiveTotal uint64
 	// Programmed is what the kernel holds for the service, as far as the
 	// backend can read it back: scheduler, persistence, and the targets
-	// with their weights and forwarding (0 and "" where it cannot tell).
+	// with their weights and forwarding ("" where it cannot tell).
 	Programmed Service
+	// Outdated reports that the kernel holds the service in an older
+	// layout of the backend; Ensure (or any target change) moves it to the
+	// current one in place.
+	Outdated bool
 }
 
 // Spec is a validated service.
@@ -63,9 +80,12 @@ type Spec struct {
 // ParsedTarget is a validated target.
 type ParsedTarget struct {
 	Addr    netip.AddrPort
-	Weight  int    // 1..MaxWeight
+	Weight  int    // 1..MaxWeight, or 0: draining
 	Forward string // nat, dr or tunnel
 }
+
+// Draining reports whether the target takes no new connections.
+func (t ParsedTarget) Draining() bool { return t.Weight == 0 }
 
 // IPv6 reports whether the service address is IPv6.
 func (s *Spec) IPv6() bool { return s.VIP.Addr().Is6() }
@@ -73,8 +93,8 @@ func (s *Spec) IPv6() bool { return s.VIP.Addr().Is6() }
 // Prefix is the "lb NAME:" context for errors about this service.
 func (s *Spec) Prefix() string { return "lb " + s.Name }
 
-// Parse validates svc and fills defaults: protocol tcp, scheduler rr,
-// forwarding nat and weight 1.
+// Parse validates svc and fills defaults: protocol tcp, scheduler rr and
+// forwarding nat. A weight of 0 stays 0 (draining).
 func Parse(svc Service) (*Spec, error) {
 	if err := api.ValidServiceName(svc.Name); err != nil {
 		return nil, fmt.Errorf("lb: %w", err)
@@ -129,11 +149,12 @@ func ParseTarget(s *Spec, t Target) (ParsedTarget, error) {
 	if err := api.ValidForward(pt.Forward); err != nil {
 		return ParsedTarget{}, fmt.Errorf("target %s: %w", addr, err)
 	}
-	if pt.Weight == 0 {
-		pt.Weight = api.DefaultWeight
-	}
-	if err := api.ValidWeight(pt.Weight); err != nil {
-		return ParsedTarget{}, fmt.Errorf("target %s: %w", addr, err)
+	// 0 is draining, which only the controller asks for; api.ValidWeight
+	// judges the rest as it judges a user's weight.
+	if pt.Weight != 0 {
+		if err := api.ValidWeight(pt.Weight); err != nil {
+			return ParsedTarget{}, fmt.Errorf("target %s: %w", addr, err)
+		}
 	}
 	if addr.Addr().Is6() != s.VIP.Addr().Is6() && pt.Forward != api.ForwardTunnel {
 		return bad("address family differs from the service address %s (only tunnel forwarding can mix families)", s.VIP)
