@@ -3,11 +3,10 @@ package main
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/circuit-cni/circuit/pkg/overlay"
+	"github.com/circuit-cni/circuit/pkg/testutil"
 )
 
 // What the cluster section observes of the nodes' kernels: when routes
@@ -249,16 +249,47 @@ type iperfServer struct {
 	waited chan struct{}
 }
 
-const iperfPort = "5201"
+const iperfPort = 5201
 
-func startIperfServer(nsPath, addr string) (*iperfServer, error) {
+// startIperfServer starts the server and waits until it listens.
+func startIperfServer(ctx context.Context, nsPath, addr string) (*iperfServer, error) {
 	s := &iperfServer{addr: addr, waited: make(chan struct{})}
-	s.cmd = exec.Command("nsenter", "--net="+nsPath, "iperf3", "-s", "-B", addr, "-p", iperfPort)
+	s.cmd = exec.Command("nsenter", "--net="+nsPath, "iperf3", "-s", "-B", addr, "-p", strconv.Itoa(iperfPort))
 	if err := startKept(s.cmd); err != nil {
 		return nil, fmt.Errorf("start iperf3 server: %w", err)
 	}
 	go func() { s.cmd.Wait(); close(s.waited) }()
-	return s, nil
+	// nsenter execs iperf3 in place: /proc/PID/net is the namespace's.
+	tcp := fmt.Sprintf("/proc/%d/net/tcp", s.cmd.Process.Pid)
+	for deadline := time.Now().Add(startBound); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		select {
+		case <-s.waited:
+			return nil, fmt.Errorf("iperf3 server on %s exited at once", addr)
+		default:
+		}
+		if err := ctx.Err(); err != nil {
+			s.stop()
+			return nil, err
+		}
+		if raw, err := os.ReadFile(tcp); err == nil && listensOn(raw, iperfPort) {
+			return s, nil
+		}
+	}
+	s.stop()
+	return nil, fmt.Errorf("iperf3 server on %s not listening after %s", addr, startBound)
+}
+
+// listensOn tells whether a /proc/net/tcp table has a socket listening on
+// port (the local address is hex IP:port; state 0A is LISTEN).
+func listensOn(table []byte, port int) bool {
+	want := fmt.Sprintf(":%04X", port)
+	for _, l := range strings.Split(string(table), "\n")[1:] {
+		f := strings.Fields(l)
+		if len(f) > 3 && strings.HasSuffix(f[1], want) && f[3] == "0A" {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *iperfServer) stop() {
@@ -268,45 +299,31 @@ func (s *iperfServer) stop() {
 
 // iperfFrom runs an iperf3 client in the namespace at nsPath against s
 // for seconds, leaving the first omit out (slow start), and returns the
-// receiver's Mbit/s. It retries while the server is not listening yet.
+// receiver's Mbit/s. A server still busy with the last test refuses a
+// new one for a moment: that is tried again.
 func iperfFrom(ctx context.Context, nsPath string, s *iperfServer, seconds, omit int) (float64, error) {
-	args := []string{"--net=" + nsPath, "iperf3", "-c", s.addr, "-p", iperfPort,
-		"-t", strconv.Itoa(seconds), "-O", strconv.Itoa(omit), "-J", "--connect-timeout", "3000"}
+	args := []string{"--net=" + nsPath, "iperf3", "-c", s.addr, "-p", strconv.Itoa(iperfPort),
+		"-t", strconv.Itoa(seconds), "-O", strconv.Itoa(omit), "-J", "--connect-timeout", "10000"}
 	var err error
-	for range 50 {
-		var r result
-		var mbps float64
-		if r, err = execTimed(ctx, nil, nil, "nsenter", args...); err == nil {
-			if mbps, err = parseIperfMbps(r.out); err == nil {
-				return mbps, nil
-			}
+	for deadline := time.Now().Add(startBound); ; {
+		r, rerr := execTimed(ctx, nil, nil, "nsenter", args...)
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
 		}
-		if !strings.Contains(err.Error(), "refused") || ctx.Err() != nil {
-			break
+		// iperf3 -J says what went wrong in its JSON; the error of the
+		// run would carry all of it.
+		var bps float64
+		if bps, err = testutil.ParseIperf(r.out); err == nil {
+			return bps / 1e6, nil
 		}
-		time.Sleep(20 * time.Millisecond)
+		if rerr != nil && len(r.out) == 0 {
+			err = rerr
+		}
+		if !strings.Contains(err.Error(), "busy") && !strings.Contains(err.Error(), "refused") || time.Now().After(deadline) {
+			return 0, err
+		}
+		if serr := sleepCtx(ctx, 50*time.Millisecond); serr != nil {
+			return 0, serr
+		}
 	}
-	return 0, err
-}
-
-// parseIperfMbps reads end.sum_received of iperf3 -J, in Mbit/s.
-func parseIperfMbps(raw []byte) (float64, error) {
-	var r struct {
-		Error string `json:"error"`
-		End   struct {
-			SumReceived *struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(raw, &r); err != nil {
-		return 0, fmt.Errorf("iperf3 JSON: %w", err)
-	}
-	if r.Error != "" {
-		return 0, fmt.Errorf("iperf3: %s", r.Error)
-	}
-	if r.End.SumReceived == nil || r.End.SumReceived.BitsPerSecond <= 0 {
-		return 0, errors.New("iperf3 received nothing")
-	}
-	return r.End.SumReceived.BitsPerSecond / 1e6, nil
 }

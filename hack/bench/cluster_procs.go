@@ -2,86 +2,64 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/circuit-cni/circuit/pkg/testutil"
 )
 
 // The cluster section's long-lived processes: one etcd, one circuit-agent
 // per node, iperf3 servers. Each is killed with the benchmark (a parent
 // death signal) and stopped by cleanup otherwise.
 
-// keeperThread starts every long-lived process. The parent death signal
-// fires when the thread that forked the child exits, and inNetns ends
-// threads on purpose: a process forked from an ordinary goroutine could
-// die when its thread is later locked and thrown away. This thread never
-// exits.
-var (
-	keeperOnce sync.Once
-	keeperReqs chan keeperReq
-)
-
-type keeperReq struct {
-	cmd  *exec.Cmd
-	done chan error
-}
-
-// startKept starts cmd from the keeper thread, with SIGKILL as its parent
-// death signal.
+// startKept starts cmd with SIGKILL as its parent death signal, from
+// testutil's thread that never exits: the signal fires when the thread
+// that forked the child exits, and inNetns ends threads on purpose.
 func startKept(cmd *exec.Cmd) error {
-	keeperOnce.Do(func() {
-		keeperReqs = make(chan keeperReq)
-		go func() {
-			runtime.LockOSThread() // never unlocked: the thread lives as long as the benchmark
-			for r := range keeperReqs {
-				r.done <- r.cmd.Start()
-			}
-		}()
-	})
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	done := make(chan error)
-	keeperReqs <- keeperReq{cmd, done}
-	return <-done
+	return testutil.Spawn(cmd)
 }
 
-// etcdServer is Debian's etcd, one member, listening on the underlay.
+// etcdServer is Debian's etcd, one member, in the hub's namespace.
 type etcdServer struct {
-	cmd        *exec.Cmd
-	clientURL  string
-	waited     chan struct{}
-	logPath    string
-	stopOnce   sync.Once
-	clientPort int
+	cmd      *exec.Cmd
+	waited   chan struct{}
+	logPath  string
+	stopOnce sync.Once
 }
 
-// startEtcd runs etcd with its data in dir, clients on host:clientPort,
-// its peer port on loopback, and waits until it has a leader.
-func startEtcd(dir, host string, clientPort, peerPort int) (*etcdServer, error) {
+// startEtcd runs etcd in the namespace at nsPath with its data in dir,
+// clients on host:clientPort, its peer port on that namespace's loopback,
+// and waits until it has a leader.
+func startEtcd(ctx context.Context, nsPath, dir, host string, clientPort, peerPort int) (*etcdServer, error) {
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
 		return nil, fmt.Errorf("no etcd binary (make deps installs Debian's etcd-server)")
 	}
 	client := fmt.Sprintf("http://%s:%d", host, clientPort)
 	peer := fmt.Sprintf("http://127.0.0.1:%d", peerPort)
-	e := &etcdServer{clientURL: client, clientPort: clientPort, waited: make(chan struct{}), logPath: filepath.Join(dir, "etcd.log")}
+	e := &etcdServer{waited: make(chan struct{}), logPath: filepath.Join(dir, "etcd.log")}
 	logf, err := os.Create(e.logPath)
 	if err != nil {
 		return nil, err
 	}
 	defer logf.Close()
-	e.cmd = exec.Command(bin, "--name", "bench", "--data-dir", filepath.Join(dir, "data"),
+	// nsenter execs etcd in place: the process is etcd's.
+	e.cmd = exec.Command("nsenter", "--net="+nsPath, bin, "--name", "bench", "--data-dir", filepath.Join(dir, "data"),
 		"--listen-client-urls", client, "--advertise-client-urls", client,
 		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
 		"--initial-cluster", "bench="+peer,
@@ -91,23 +69,62 @@ func startEtcd(dir, host string, clientPort, peerPort int) (*etcdServer, error) 
 		return nil, fmt.Errorf("start etcd: %w", err)
 	}
 	go func() { e.cmd.Wait(); close(e.waited) }()
-	// etcd answers /health once it has a leader: a second or so.
-	hc := http.Client{Timeout: time.Second}
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(25 * time.Millisecond) {
+	// etcd answers /health once it has a leader: a second or so, longer
+	// on a loaded machine.
+	addr := net.JoinHostPort(host, strconv.Itoa(clientPort))
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(25 * time.Millisecond) {
 		select {
 		case <-e.waited:
 			return nil, fmt.Errorf("etcd exited: %s", tailFile(e.logPath, 10))
+		case <-ctx.Done():
+			e.stop()
+			return nil, ctx.Err()
 		default:
 		}
-		if r, err := hc.Get(client + "/health"); err == nil {
-			r.Body.Close()
-			if r.StatusCode == http.StatusOK {
-				return e, nil
-			}
+		if etcdHealthy(nsPath, addr) {
+			return e, nil
 		}
 	}
 	e.stop()
-	return nil, fmt.Errorf("etcd did not become healthy within 20s: %s", tailFile(e.logPath, 10))
+	return nil, fmt.Errorf("etcd did not become healthy within 60s: %s", tailFile(e.logPath, 10))
+}
+
+// etcdHealthy asks etcd's /health from inside its namespace: the socket
+// is made on a thread there (an http.Client would dial from another
+// goroutine, in the host's namespace).
+func etcdHealthy(nsPath, addr string) bool {
+	var body []byte
+	err := inNetns(nsPath, func() error {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(time.Second))
+		if _, err := fmt.Fprintf(conn, "GET /health HTTP/1.0\r\nHost: %s\r\n\r\n", addr); err != nil {
+			return err
+		}
+		body, err = io.ReadAll(conn)
+		return err
+	})
+	return err == nil && etcdHealthReply(body)
+}
+
+// etcdHealthReply: a 200 whose JSON says "health": "true".
+func etcdHealthReply(raw []byte) bool {
+	head, body, ok := bytes.Cut(raw, []byte("\r\n\r\n"))
+	if !ok || !bytes.HasPrefix(head, []byte("HTTP/1.")) || !bytes.Contains(firstLineOf(head), []byte(" 200 ")) {
+		return false
+	}
+	var h struct {
+		Health string `json:"health"`
+	}
+	return json.Unmarshal(body, &h) == nil && h.Health == "true"
+}
+
+func firstLineOf(b []byte) []byte {
+	l, _, _ := bytes.Cut(b, []byte("\r\n"))
+	return l
 }
 
 func (e *etcdServer) pid() int { return e.cmd.Process.Pid }
@@ -118,26 +135,6 @@ func (e *etcdServer) stop() {
 		e.cmd.Process.Kill()
 		<-e.waited
 	})
-}
-
-// freePortPair finds two free TCP ports from first on, the first on host
-// (clients), the second on loopback (etcd's peer port), avoiding the
-// ports the tests' etcd uses (23791-23802) and etcd's defaults.
-func freePortPair(host string, first int) (client, peer int, err error) {
-	free := func(addr string) bool {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			return false
-		}
-		l.Close()
-		return true
-	}
-	for p := first; p < first+40; p += 2 {
-		if free(net.JoinHostPort(host, strconv.Itoa(p))) && free(net.JoinHostPort("127.0.0.1", strconv.Itoa(p+1))) {
-			return p, p + 1, nil
-		}
-	}
-	return 0, 0, fmt.Errorf("no free pair of ports in %d-%d for etcd", first, first+40)
 }
 
 // agentProc is one circuit-agent, run as
@@ -176,7 +173,7 @@ func startAgent(nsPath, logPath, rssFile, bin string, args ...string) (*agentPro
 	// The agent is time's child once it forked; it is the agent once
 	// nsenter and setpriv have exec'd.
 	children := fmt.Sprintf("/proc/%d/task/%d/children", a.time.Process.Pid, a.time.Process.Pid)
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+	for deadline := time.Now().Add(startBound); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
 		select {
 		case <-a.waited:
 			return nil, fmt.Errorf("circuit-agent exited at once: %s", tailFile(logPath, 10))
@@ -194,15 +191,24 @@ func startAgent(nsPath, logPath, rssFile, bin string, args ...string) (*agentPro
 		}
 	}
 	a.stop(time.Second)
-	return nil, fmt.Errorf("circuit-agent did not start within 10s: %s", tailFile(logPath, 10))
+	return nil, fmt.Errorf("circuit-agent did not start within %s: %s", startBound, tailFile(logPath, 10))
+}
+
+// signal sends sig to the agent itself (not GNU time).
+func (a *agentProc) signal(sig syscall.Signal) {
+	if a.pid > 0 {
+		syscall.Kill(a.pid, sig)
+	}
 }
 
 // stop ends the agent as systemd would (SIGTERM: it revokes its lease),
-// and kills it if it is still there after grace.
+// and kills it if it is still there after grace. An agent left paused by
+// a run cut short is continued, so that it hears the SIGTERM.
 func (a *agentProc) stop(grace time.Duration) {
 	a.stopped.Do(func() {
 		if a.pid > 0 {
 			syscall.Kill(a.pid, syscall.SIGTERM)
+			syscall.Kill(a.pid, syscall.SIGCONT)
 		} else {
 			a.time.Process.Kill()
 		}

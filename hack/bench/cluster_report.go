@@ -1,7 +1,9 @@
 package main
 
 import (
+	_ "embed"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -14,6 +16,12 @@ const (
 	agentIdleGoal = 1.0       // % of a core
 	overlayShare  = 0.5       // of the same-bridge throughput
 )
+
+// clusterProfile is where the agents' time goes, measured by hand: the
+// part of the cluster section a run cannot write.
+//
+//go:embed cluster_profile.md
+var clusterProfile string
 
 // clusterTargets adds the cluster section's rows to the targets table.
 func (r *report) clusterTargets(row func(name, goal, measured string, ok bool)) {
@@ -69,18 +77,22 @@ func (r *report) clusterSection(p printer) {
 	p("")
 	took := ""
 	if c.took > 0 {
-		took = fmt.Sprintf(" The section took %s.", c.took.Round(time.Second))
+		var parts []string
+		for _, s := range c.steps {
+			parts = append(parts, fmt.Sprintf("%s %s", s.name, s.took.Round(time.Second)))
+		}
+		took = fmt.Sprintf(" The section took %s (%s).", c.took.Round(time.Second), strings.Join(parts, ", "))
 	}
-	p("Each node is a network namespace on an underlay bridge of the benchmark's own (%s, the host at %s), with its own state dir and `circuit-agent` (default lease TTL, resync and request timeout), against one etcd process (Debian's) on the host; circuit runs in the node's namespace. One cluster network (bridge, host-local, `--overlay vxlan`, a /24 block per node). Containers are sleepers in network namespaces of their own, as in section 1; each node has one connected from its join on.%s", underlayPrefix, underlayHost, took)
+	p("Each node is a network namespace with its own state dir and `circuit-agent` (default lease TTL, resync and request timeout), linked by a veth to an underlay bridge (%s) in one more namespace, where one etcd process (Debian's) listens at %s; circuit runs in the node's namespace. One cluster network (bridge, host-local, `--overlay vxlan`, a /24 block per node). Containers are sleepers in network namespaces of their own, as in section 1; each node has one connected from its join on. Every process shares the machine's CPUs: at %d nodes, %d agents and etcd run beside what is measured.%s", underlayPrefix, underlayHub, largest, largest, took)
 	p("")
 	p("### Convergence")
 	p("")
-	p("**`network connect` to the first packet.** In each round node 0's container pings (ICMP echo every %s, from a raw socket the benchmark holds in its namespace) the address the next container on another node will get (`--ip`, in that node's block), then `network connect` runs on that node: the time from the start of `connect` to the first echo reply. The node connecting rotates over the others; %d rounds per size. CPU is user+sys of every agent over the rounds (`/proc/PID/stat`), per round (a connect and a disconnect).", probeInterval, r.cfg.rounds)
+	p("**`network connect` to the first packet.** In each round `network connect` puts a fresh container on another node than node 0; once it has returned (when runc would start the container's process), the container pings node 0's container (ICMP echo every %s, from a raw socket the benchmark opened in the container's namespace): the time from the start of `connect` to the first echo reply, the first packet from another node, and from the end of `connect` to it. The node connecting rotates over the others; %d rounds per size. Each node routes every other node's block from its join on, so nothing on this path waits for etcd. (Pings sent from before the connect starts would time the kernel's ARP retries, once a second: the bridge plugin gives the container its address before the host's end of the veth is up, so the container's first ARP for its gateway may be lost.) CPU is user+sys of every agent over the rounds (`/proc/PID/stat`), per round (a connect and a disconnect), the agents' CPU at rest included.", probeInterval, r.cfg.rounds)
 	p("")
-	p("| nodes | `network connect` (median) | first packet: median | p90 | rounds without a reply | agents' CPU per round, all together |")
-	p("| --- | --- | --- | --- | --- | --- |")
+	p("| nodes | `network connect`: median | first packet: median | p90 | after `connect` returned: median | p90 | rounds without a reply | agents' CPU per round, all together |")
+	p("| --- | --- | --- | --- | --- | --- | --- | --- |")
 	for _, s := range c.sizes {
-		p("| %d | %s ms | %s ms | %s ms | %d | %s ms |", s.nodes, f(s.connect.median()), f(s.firstPacket.median()), f(s.firstPacket.p90()), s.lost, f(s.roundCPU))
+		p("| %d | %s ms | %s ms | %s ms | %s ms | %s ms | %d | %s ms |", s.nodes, f(s.connect.median()), f(s.firstPacket.median()), f(s.firstPacket.p90()), f(s.afterConnect.median()), f(s.afterConnect.p90()), s.lost, f(s.roundCPU))
 	}
 	p("")
 	p("**A node joins.** Its namespace made, its agent starts; the time from that start until every other node routes the node's block, and until the node routes every other node's (route events from netlink in each namespace, so nothing polls the nodes). Each size counts the joins that grew the cluster to it, one at a time, %s apart. CPU is that of every agent (the joining one from its start) from the start until %s after.", joinSettle, joinSettle)
@@ -98,7 +110,7 @@ func (r *report) clusterSection(p printer) {
 		if s.steady >= agentResync {
 			period = " (the agents' resync period: each lists etcd and re-checks its kernel once in it)"
 		}
-		p("Every node filled to %d containers (%d in all, 4 connects at a time, one node after another: %s); after a pause of %s, CPU (user+sys, `/proc/PID/stat`) over %s%s. Memory: VmRSS from `/proc/PID/status`, and the peak at exit from GNU time (`/usr/bin/time -f %%M`, as for circuit above) once every agent is stopped (SIGTERM).", s.peersPerNode, s.nodes*s.peersPerNode, s.fill.Round(100*time.Millisecond), s.settle, s.steady, period)
+		p("Every node filled to %d containers (%d connects in %s: node by node, %d at a time, with every other agent paused by SIGSTOP in spells of at most %s, %s apart, well within the 10 s lease; once continued, an agent reads what changed from its watch). With every agent running, each connect costs every agent an overlay pass, and the fill alone takes about 9 minutes of this machine (measured by hand: see the end of this section); what an agent does per connect is in the rounds above. Then, after a pause of %s, CPU (user+sys, `/proc/PID/stat`) over %s%s. Memory: VmRSS from `/proc/PID/status`, and the peak at exit from GNU time (`/usr/bin/time -f %%M`, as for circuit above) once every agent is stopped (SIGTERM).", s.peersPerNode, s.filled, s.fill.Round(100*time.Millisecond), s.fillWidth, pauseFor, resumeFor, s.settle, s.steady, period)
 		p("")
 		p("| | per agent: median | largest | all agents |")
 		p("| --- | --- | --- | --- |")
@@ -108,6 +120,7 @@ func (r *report) clusterSection(p printer) {
 		p("| peak RSS (GNU time, at exit) | %s | %s | |", kib(int64(s.peakRSS.median())), kib(int64(s.peakRSS.quantile(1))))
 		p("")
 		p("etcd used %s%% of a core over the same %s. The kernel's own high-water mark of each agent (VmHWM, read just before the stop) was at most %s.", f2(s.etcdCPU), s.steady, kib(int64(s.hwm.quantile(1))))
+
 		p("")
 	}
 	if t := c.throughput; t != nil && len(t.overlay) > 0 {
@@ -133,7 +146,7 @@ func (r *report) clusterSection(p printer) {
 	if pr := c.paired; pr != nil && len(pr.connect) > 0 {
 		p("### Connect and hooks: cluster network vs local network")
 		p("")
-		p("On one node of %d, against a local network of the same shape (the cluster network's configuration as circuit runs it for a connect: its MTU, no masquerade, one route to a wider range) on a bridge and subnet of its own: %d rounds after 2 warm-up rounds, each with a fresh container for each side, the order alternating. The hook is circuit run as runc runs it: no arguments, the OCI state on stdin (`creating` with the container's pid; `stopped`), the network in `CIRCUIT_NETWORK`.", pr.nodes, pr.rounds)
+		p("On one node of %d, against a local network of the same shape (the cluster network's configuration as circuit runs it for a connect: its MTU, no masquerade, one route to a wider range) on a bridge and subnet of its own, with a container of its own always connected as the cluster network has (a bridge without ports loses its carrier, and the next connect waits for it): %d rounds after %d warm-up rounds, each with a fresh container for each side. A round runs connect, disconnect and the two hooks on one network, then on the other, the order alternating between rounds, with %s after each network's four steps: after a cluster operation the node's agent publishes the node's peers and reads the datastore for a while (at 32 nodes it also re-plans its overlay at every other node's change), and an operation started meanwhile waits on the datastore's lock (a bbolt file lock, retried every 50 ms) for it. The hook is circuit run as runc runs it: no arguments, the OCI state on stdin (`creating` with the container's pid; `stopped`), the network in `CIRCUIT_NETWORK`.", pr.nodes, pr.rounds, pr.warmup, pairedGap)
 		p("")
 		p("| operation | cluster network: median | local network: median | ratio (median of paired ratios) | added (median of paired differences) |")
 		p("| --- | --- | --- | --- | --- |")
@@ -149,6 +162,10 @@ func (r *report) clusterSection(p printer) {
 			p("| %s | %s ms | %s ms | %s | %s ms |", row.name, f(row.cluster.median()), f(row.local.median()),
 				f2(paired(row.cluster, row.local, ratio).median()), f(paired(row.cluster, row.local, minus).median()))
 		}
+		p("")
+	}
+	if !r.cfg.smoke {
+		p("%s", strings.TrimSpace(clusterProfile))
 		p("")
 	}
 }

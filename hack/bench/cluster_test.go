@@ -85,3 +85,36 @@ func TestClusterSizes(t *testing.T) {
 		}
 	}
 }
+
+// The throughput runs start once the iperf3 server listens, as its
+// namespace's /proc/net/tcp shows.
+func TestListensOn(t *testing.T) {
+	table := []byte(`  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0A00FA0A:1451 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
+   1: 0A00FA0A:9C40 0B00FA0A:1451 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 20 4 30 10 -1
+`)
+	if !listensOn(table, 5201) {
+		t.Error("the listener on 5201 was not found")
+	}
+	if listensOn(table, 40000) {
+		t.Error("an established connection from port 40000 counted as listening")
+	}
+	if listensOn(table[:60], 5201) {
+		t.Error("a header alone counted as listening")
+	}
+}
+
+// etcd is ready once /health answers 200 with health "true".
+func TestEtcdHealthReply(t *testing.T) {
+	for reply, want := range map[string]bool{
+		"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"health\":\"true\",\"reason\":\"\"}": true,
+		"HTTP/1.0 503 Service Unavailable\r\n\r\n{\"health\":\"false\",\"reason\":\"RAFT NO LEADER\"}":   false,
+		"HTTP/1.0 200 OK\r\n\r\n{\"health\":\"false\"}":                                                  false,
+		"HTTP/1.0 200 OK\r\n\r\n": false,
+		"":                        false,
+	} {
+		if got := etcdHealthReply([]byte(reply)); got != want {
+			t.Errorf("etcdHealthReply(%q) = %v, want %v", reply, got, want)
+		}
+	}
+}
