@@ -44,7 +44,8 @@ demo: deps build cni
 	hack/demo.sh
 
 # Measures circuit against the plugins, plain runc and a full nftables
-# rewrite, and rewrites docs/benchmarks.md (hack/bench). Root; takes ~12 min.
+# rewrite, and circuit-agent on simulated nodes, and rewrites
+# docs/benchmarks.md (hack/bench). Root; takes ~18 min.
 # hack/bench is its own module: its plotting libraries stay out of circuit's.
 bench: deps build cni
 	cd hack/bench && go build -o ../../bin/bench .

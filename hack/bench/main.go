@@ -54,7 +54,7 @@ func main() {
 	services := flag.String("services", "10,100,1000,10000", "lb service `counts` measured")
 	flag.IntVar(&cfg.targets, "targets", 10, "targets per lb service")
 	rates := flag.String("rates", "1,10,100", "qos `rates` in Mbit/s")
-	only := flag.String("only", "", "run only these `sections` (comma separated: connect,hook,storm,scale,lb,qos)")
+	only := flag.String("only", "", "run only these `sections` (comma separated: connect,hook,storm,scale,lb,qos,cluster)")
 	flag.Parse()
 	var err error
 	if cfg.services, err = ints(*services); err != nil {
@@ -100,7 +100,7 @@ func main() {
 	}
 }
 
-var sections = []string{"connect", "hook", "storm", "scale", "lb", "qos"}
+var sections = []string{"connect", "hook", "storm", "scale", "lb", "qos", "cluster"}
 
 func knownSection(s string) bool {
 	for _, k := range sections {
@@ -133,6 +133,7 @@ func run(ctx context.Context, cfg config) (*report, error) {
 		{"scale", b.scale},
 		{"lb", b.lbScale},
 		{"qos", b.qosRates},
+		{"cluster", b.clusterBench},
 	}
 	for _, s := range steps {
 		if !cfg.wants(s.name) {

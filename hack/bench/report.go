@@ -25,6 +25,7 @@ type report struct {
 	scale             []*scaleResult
 	lb                *lbResult
 	qos               *qosResult
+	cluster           *clusterResult
 	plots             []string // files written next to the report
 }
 
@@ -90,6 +91,7 @@ func (r *report) markdown() string {
 	r.scaleSection(p)
 	r.lbSection(p)
 	r.qosSection(p)
+	r.clusterSection(p)
 	if !r.cfg.smoke {
 		p("%s", strings.TrimSpace(profile))
 	}
@@ -152,6 +154,7 @@ func (r *report) targets(p printer) {
 		}
 		row("measured rate vs set rate", "within 10%", fmt.Sprintf("worst %.1f%% off (at %d Mbit/s)", worst*100, at), worst <= 0.1)
 	}
+	r.clusterTargets(row)
 	p("")
 }
 

@@ -96,7 +96,7 @@ func IperfFor(pid int, addr string, reverse bool, seconds, omit int, extra ...st
 		stopServer()
 	}
 
-	bps, perr := parseIperf(out.Bytes())
+	bps, perr := ParseIperf(out.Bytes())
 	if runErr != nil || perr != nil {
 		return 0, fmt.Errorf("iperf3 client in pid %d to %s:%d (reverse %v): %v\nstdout: %s\nstderr: %s\nserver: %s",
 			pid, addr, port, reverse, errors.Join(runErr, perr), clip(out.String()), stderr.String(), srvOut.String())
@@ -114,8 +114,9 @@ func MustIperf(t testing.TB, pid int, addr string, reverse bool) float64 {
 	return bps / 1e6
 }
 
-// parseIperf reads end.sum_received.bits_per_second from iperf3 -J output.
-func parseIperf(b []byte) (float64, error) {
+// ParseIperf reads end.sum_received.bits_per_second from iperf3 -J
+// output; an error iperf3 reported there is returned as "iperf3: ...".
+func ParseIperf(b []byte) (float64, error) {
 	var r struct {
 		Error string `json:"error"`
 		End   struct {

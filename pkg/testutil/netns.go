@@ -33,7 +33,10 @@ type spawnReq struct {
 	done chan error
 }
 
-func spawn(cmd *exec.Cmd) error {
+// Spawn starts cmd from that goroutine's thread: a parent-death signal
+// set in cmd.SysProcAttr then fires only when this process ends. For
+// other long-lived helpers than sleepers too (a benchmark's etcd).
+func Spawn(cmd *exec.Cmd) error {
 	spawnOnce.Do(func() {
 		spawnReqs = make(chan spawnReq)
 		go func() {
@@ -65,7 +68,7 @@ func NewSleeper(t testing.TB) *Sleeper {
 func StartSleeper() (*Sleeper, error) {
 	cmd := exec.Command(Busybox(), "sleep", "3600")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET, Pdeathsig: syscall.SIGKILL}
-	if err := spawn(cmd); err != nil {
+	if err := Spawn(cmd); err != nil {
 		return nil, fmt.Errorf("start sleeper: %w", err)
 	}
 	s := &Sleeper{Cmd: cmd, PID: cmd.Process.Pid}
