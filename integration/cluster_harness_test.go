@@ -174,7 +174,7 @@ type cnode struct {
 	state  string
 	plugin string // --cni-path
 	agent  *exec.Cmd
-	alog   *bytes.Buffer
+	alog   *lockedBuffer
 	store  string
 	prefix string
 }
@@ -223,7 +223,7 @@ func (n *cnode) startAgent(store, prefix string, extra ...string) {
 		"--node", n.name, "--state", n.state, "--advertise-addr", n.addr,
 		"--lease-ttl", "3s", "--request-timeout", "2s", "--resync", "2s",
 		"--metrics-addr", n.addr + ":" + metricsPort}, extra...)
-	n.alog = &bytes.Buffer{}
+	n.alog = &lockedBuffer{}
 	n.agent = exec.Command("nsenter", args...)
 	n.agent.Stdout, n.agent.Stderr = n.alog, n.alog
 	n.agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -270,6 +270,25 @@ func (n *cnode) must(args ...string) string {
 		n.t.Fatalf("%s: circuit %s: %v\n%s%s\nagent log:\n%s", n.name, strings.Join(args, " "), err, out, stderr, n.agentLog())
 	}
 	return out
+}
+
+// lockedBuffer is an agent's output: exec's copier writes it while the
+// test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func (n *cnode) agentLog() string {

@@ -286,10 +286,12 @@ func kernelLB(t *testing.T, backend string) string {
 	return mustNft(t, "list", "table", "inet", "circuit")
 }
 
-// kernelForm is how kernelLB's listing writes an IPv4 address.
+// kernelForm is how kernelLB's listing writes an IPv4 address as a
+// service's target (nftables: "addr . port" in its maps; the hairpin
+// sets keep addresses that were balanced to, "addr . addr", a while).
 func kernelForm(backend, ip string) string {
 	if backend != "ipvs" {
-		return ip
+		return ip + " . 9000"
 	}
 	a := netip.MustParseAddr(ip).As4()
 	return fmt.Sprintf("%02X%02X%02X%02X:", a[0], a[1], a[2], a[3])

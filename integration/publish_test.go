@@ -82,7 +82,10 @@ func TestPublishRuncHTTPD(t *testing.T) {
 	}
 	// Asking for what another container holds: refused, nothing changed.
 	other := testutil.NewSleeper(t)
-	before := natRulesFor("") + c.must("network", "inspect", "pub")
+	// The rules of both containers (the host's others may change meanwhile:
+	// other packages' tests run beside this one).
+	rules := func() string { return natRulesFor(ctr.ID) + natRulesFor(fmt.Sprintf("pid-%d-", other.PID)) }
+	before := rules() + c.must("network", "inspect", "pub")
 	for _, args := range [][]string{
 		{"--publish", "18081:8080"},
 		{"--publish", "10.220.80.1:18081:80"},
@@ -95,7 +98,7 @@ func TestPublishRuncHTTPD(t *testing.T) {
 		_, stderr, err := c.run("", append(append([]string{"--cni-path", plugins, "network", "connect"}, args...), fmt.Sprint(other.PID), "pub")...)
 		secOneLine(t, "connect "+strings.Join(args, " "), err, stderr)
 	}
-	if after := natRulesFor("") + c.must("network", "inspect", "pub"); after != before {
+	if after := rules() + c.must("network", "inspect", "pub"); after != before {
 		t.Errorf("refused connects changed the rules or the records")
 	}
 	// The name reaches the plugins for a plain process with --name.
@@ -226,7 +229,8 @@ func TestPublishDualStack(t *testing.T) {
 	// The same IPv6 address, or the IPv6 wildcard port through a
 	// specific IPv6 address, is held for this peer.
 	other := testutil.NewSleeper(t)
-	before := natRulesFor("") + peer + strings.Join(c.reservations("dual"), ",")
+	rules := func() string { return natRulesFor(ctr.ID) + natRulesFor(fmt.Sprintf("pid-%d-", other.PID)) }
+	before := rules() + peer + strings.Join(c.reservations("dual"), ",")
 	for _, args := range [][]string{
 		{"--ip", "fd00:dc:82::20"},
 		{"--ip", "fd00:dd::1"},
@@ -236,7 +240,7 @@ func TestPublishDualStack(t *testing.T) {
 		_, stderr, err := c.run("", append(append([]string{"network", "connect"}, args...), fmt.Sprint(other.PID), "dual")...)
 		secOneLine(t, "connect "+strings.Join(args, " "), err, stderr)
 	}
-	if after := natRulesFor("") + c.must("network", "inspect", "dual") + strings.Join(c.reservations("dual"), ","); after != before {
+	if after := rules() + c.must("network", "inspect", "dual") + strings.Join(c.reservations("dual"), ","); after != before {
 		t.Errorf("refused connects changed the rules, records or reservations")
 	}
 	// A UDP port of the same number is another mapping.
