@@ -72,7 +72,7 @@ func nsPing(ctr *testutil.Container, args ...string) ([]byte, error) {
 	return exec.Command("nsenter", append([]string{"-t", strconv.Itoa(ctr.PID), "-n", "ping"}, args...)...).CombinedOutput()
 }
 
-// avgRTT pings from inside a container and returns the average in ms.
+// minRTT pings from inside a container and returns the minimum in ms.
 func minRTT(t *testing.T, ctr *testutil.Container, addr string, n int) float64 {
 	t.Helper()
 	out, err := nsPing(ctr, "-c", strconv.Itoa(n), "-i", "0.2", "-q", addr)
