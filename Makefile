@@ -45,7 +45,7 @@ demo: deps build cni
 
 # Measures circuit against the plugins, plain runc and a full nftables
 # rewrite, and circuit-agent on simulated nodes, and rewrites
-# docs/benchmarks.md (hack/bench). Root; takes ~18 min.
+# docs/benchmarks.md (hack/bench). Root; takes 18 min or more.
 # hack/bench is its own module: its plotting libraries stay out of circuit's.
 bench: deps build cni
 	cd hack/bench && go build -o ../../bin/bench .
