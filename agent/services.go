@@ -296,13 +296,16 @@ func (a *Agent) servicesLoop(ctx context.Context) {
 func (a *Agent) servicesPass(ctx context.Context, st *state, last map[string]lb.Service, force bool) (map[string]lb.Service, time.Time, error) {
 	start := time.Now()
 	done := map[string]lb.Service{}
-	shadowed, err := a.localServices(ctx)
-	if err != nil {
-		return done, time.Time{}, fmt.Errorf("read the node's services: %w", err)
-	}
 	owned, err := a.ownedServices()
 	if err != nil {
 		return done, time.Time{}, err
+	}
+	if len(st.services) == 0 && len(owned) == 0 {
+		return done, time.Time{}, nil // a cluster without services costs no datastore read
+	}
+	shadowed, err := a.localServices(ctx)
+	if err != nil {
+		return done, time.Time{}, fmt.Errorf("read the node's services: %w", err)
 	}
 	var next time.Time
 	var errs []error
