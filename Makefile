@@ -16,9 +16,10 @@ build:
 	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/circuit .
 	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/circuit-agent ./circuit-agent
 
-# The CNI plugins pinned in go.mod, for the tests and the demo.
+# The CNI plugins pinned in hack/cni/go.mod (their own module, so their
+# libcni does not choose circuit's), for the tests and the demo.
 cni:
-	go build -trimpath -o bin/cni/ tool
+	cd hack/cni && go build -trimpath -o ../../bin/cni/ tool
 
 install: build
 	install -D -m 0755 bin/circuit $(DESTDIR)$(PREFIX)/bin/circuit

@@ -190,8 +190,8 @@ go build -ldflags='-s -w' -o "$work/bin/circuit-agent" ./circuit-agent ||
 	fail_early "circuit-agent does not build (go build ./circuit-agent)"
 
 log "building the CNI plugins"
-go build -ldflags='-s -w' -o "$work/cni/" tool ||
-	fail_early "the CNI plugins do not build (go build tool)"
+(cd hack/cni && go build -ldflags='-s -w' -o "$work/cni/" tool) ||
+	fail_early "the CNI plugins do not build (cd hack/cni && go build tool)"
 
 # testbin_name IMPORTPATH: the binary's name, its path inside the module with
 # '/' turned into '_' (the module root itself is "circuit").

@@ -303,7 +303,7 @@ func machine(circuit string) string {
 	ver, _ := exec.Command(circuit, "version").Output()
 	fmt.Fprintf(&w, "- date: %s\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
 	fmt.Fprintf(&w, "- machine: %d CPUs (%s)%s, Linux %s\n", runtime.NumCPU(), cpu, mem, strings.TrimSpace(string(kernel)))
-	fmt.Fprintf(&w, "- %s, built with %s; CNI plugins from `bin/cni` (containernetworking/plugins, go.mod's version)\n", firstLine(ver), runtime.Version())
+	fmt.Fprintf(&w, "- %s, built with %s; CNI plugins from `bin/cni` (containernetworking/plugins, hack/cni/go.mod's version)\n", firstLine(ver), runtime.Version())
 	fmt.Fprintf(&w, "- load average at the start: %s", loadavg())
 	return w.String()
 }

@@ -48,7 +48,7 @@ var (
 	builtAgent string
 )
 
-// CNIPath returns a directory holding the CNI plugins pinned in go.mod:
+// CNIPath returns a directory holding the CNI plugins pinned in hack/cni/go.mod:
 // $CIRCUIT_TEST_CNI_PATH (set by the Makefile and the VM tier), else a
 // build into bin/cni of the repository.
 func CNIPath(t testing.TB) string {
@@ -61,7 +61,7 @@ func CNIPath(t testing.TB) string {
 	if builtCNI == "" {
 		dir := filepath.Join(RepoRoot(), "bin", "cni")
 		if _, err := os.Stat(filepath.Join(dir, "bridge")); err != nil {
-			run(t, RepoRoot(), "go", "build", "-o", dir+"/", "tool")
+			run(t, filepath.Join(RepoRoot(), "hack", "cni"), "go", "build", "-o", dir+"/", "tool")
 		}
 		builtCNI = dir
 	}
