@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/circuit-cni/circuit/agentapi"
@@ -121,7 +122,26 @@ func (a *Agent) handle(h handler) http.HandlerFunc {
 
 func writeError(w http.ResponseWriter, err error) {
 	e := agentapi.ErrorOf(err)
-	writeJSON(w, agentapi.Status(e.Kind), e)
+	writeJSON(w, statusOf(e.Kind), e)
+}
+
+// statusOf is the HTTP status an error's kind answers with.
+func statusOf(kind string) int {
+	switch kind {
+	case "not-found":
+		return http.StatusNotFound
+	case "exists", "in-use", "busy":
+		return http.StatusConflict
+	case "invalid":
+		return http.StatusBadRequest
+	case "permission":
+		return http.StatusForbidden
+	case "unsupported":
+		return http.StatusNotImplemented
+	case "unavailable":
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -130,6 +150,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 		code, b = http.StatusInternalServerError, []byte(`{"kind":"internal","message":"encode answer"}`)
 	}
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(code)
 	_, _ = w.Write(b)
 }

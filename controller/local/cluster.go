@@ -3,7 +3,6 @@ package local
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"net/url"
 	"path/filepath"
 	"slices"
@@ -38,7 +37,7 @@ func (c *Controller) createCluster(ctx context.Context, cfg *cni.Config, req api
 		return nil, api.Errorf(api.ErrExists, "a network of this host named %s exists", cfg.Name)
 	}
 	var n api.Network
-	err = c.agent().Do(ctx, http.MethodPost, agentapi.PathNetworks, agentapi.CreateNetwork{
+	err = c.agent().Do(ctx, agentapi.MethodPost, agentapi.PathNetworks, agentapi.CreateNetwork{
 		Config: cfg.Raw, Force: req.Force, Overlay: cl.Overlay, BlockSize: cl.BlockSize, BlockSize6: cl.BlockSize6,
 	}, &n)
 	if err != nil {
@@ -53,7 +52,7 @@ func (c *Controller) deleteCluster(ctx context.Context, name string, force bool)
 	if force {
 		path += "?force=1"
 	}
-	return c.agent().Do(ctx, http.MethodDelete, path, nil, nil)
+	return c.agent().Do(ctx, agentapi.MethodDelete, path, nil, nil)
 }
 
 // clusterConfig is the configuration a connect to a cluster network runs:
@@ -93,7 +92,7 @@ func (c *Controller) notify(ctx context.Context, n *api.Network) {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 500*time.Millisecond)
 	defer cancel()
-	if err := c.agent().Do(ctx, http.MethodPost, agentapi.PathNotify, agentapi.Notify{Network: n.Name}, nil); err != nil {
+	if err := c.agent().Do(ctx, agentapi.MethodPost, agentapi.PathNotify, agentapi.Notify{Network: n.Name}, nil); err != nil {
 		c.log.WithError(err).Debugf("tell circuit-agent about %s", n.Name)
 	}
 }
@@ -111,7 +110,7 @@ func (c *Controller) clusterPeers(ctx context.Context, n *api.Network) {
 	var all agentapi.Peers
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if err := c.agent().Do(ctx, http.MethodGet, agentapi.PathPeers+"?network="+url.QueryEscape(n.Name), nil, &all); err != nil {
+	if err := c.agent().Do(ctx, agentapi.MethodGet, agentapi.PathPeers+"?network="+url.QueryEscape(n.Name), nil, &all); err != nil {
 		c.log.WithError(err).Debugf("other nodes' peers of %s", n.Name)
 		return
 	}
@@ -128,7 +127,7 @@ func (c *Controller) clusterPeers(ctx context.Context, n *api.Network) {
 // ListNodes lists the cluster's nodes, through the agent.
 func (c *Controller) ListNodes(ctx context.Context) ([]api.Node, error) {
 	var out agentapi.Nodes
-	if err := c.agent().Do(ctx, http.MethodGet, agentapi.PathNodes, nil, &out); err != nil {
+	if err := c.agent().Do(ctx, agentapi.MethodGet, agentapi.PathNodes, nil, &out); err != nil {
 		return nil, fmt.Errorf("node list: %w", err)
 	}
 	return out.Nodes, nil
@@ -138,7 +137,7 @@ func (c *Controller) ListNodes(ctx context.Context) ([]api.Node, error) {
 // the agent.
 func (c *Controller) GCCluster(ctx context.Context, grace time.Duration, dryRun bool) (*api.Report, error) {
 	var rep api.Report
-	if err := c.agent().Do(ctx, http.MethodPost, agentapi.PathGC, agentapi.GC{Grace: agentapi.Duration(grace), DryRun: dryRun}, &rep); err != nil {
+	if err := c.agent().Do(ctx, agentapi.MethodPost, agentapi.PathGC, agentapi.GC{Grace: agentapi.Duration(grace), DryRun: dryRun}, &rep); err != nil {
 		return nil, fmt.Errorf("gc --cluster: %w", err)
 	}
 	if rep.Actions == nil {
@@ -151,20 +150,20 @@ func (c *Controller) GCCluster(ctx context.Context, grace time.Duration, dryRun 
 
 func (c *Controller) createClusterService(ctx context.Context, svc api.Service) (*api.Service, error) {
 	var out api.Service
-	if err := c.agent().Do(ctx, http.MethodPost, agentapi.PathServices, svc, &out); err != nil {
+	if err := c.agent().Do(ctx, agentapi.MethodPost, agentapi.PathServices, svc, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil
 }
 
 func (c *Controller) clusterTargets(ctx context.Context, service string, add []api.Target, remove []string) error {
-	method := http.MethodPost
+	method := agentapi.MethodPost
 	if remove != nil {
-		method = http.MethodDelete
+		method = agentapi.MethodDelete
 	}
 	return c.agent().Do(ctx, method, fmt.Sprintf(agentapi.PathTargets, url.PathEscape(service)), agentapi.Targets{Targets: add, Addresses: remove}, nil)
 }
 
 func (c *Controller) deleteClusterService(ctx context.Context, service string) error {
-	return c.agent().Do(ctx, http.MethodDelete, agentapi.PathServices+"/"+url.PathEscape(service), nil, nil)
+	return c.agent().Do(ctx, agentapi.MethodDelete, agentapi.PathServices+"/"+url.PathEscape(service), nil, nil)
 }

@@ -162,7 +162,10 @@ func TestNoBenchmarkDependencies(t *testing.T) {
 
 // The circuit binary links neither etcd nor the Prometheus client it
 // brings: only ds/etcd (and circuit-agent) use them. A package that
-// imports ds/etcd by the way would add megabytes to every hook.
+// imports ds/etcd by the way would add megabytes to every hook. Nor does it
+// link net/http, TLS or OpenTelemetry (which libcni 1.3.1 brings): their
+// package init alone costs every container start milliseconds
+// (docs/benchmarks.md, section 8).
 func TestBinaryLinksNoEtcd(t *testing.T) {
 	if testutil.InVM() {
 		t.Skip("the VM has no go tool; the unit tier runs this")
@@ -181,7 +184,9 @@ func TestBinaryLinksNoEtcd(t *testing.T) {
 		t.Fatalf("go list -deps . listed only %d packages: %q", len(lines), lines)
 	}
 	forbidden := func(p string) bool {
-		return strings.HasPrefix(p, "go.etcd.io/etcd/") || strings.HasPrefix(p, "github.com/prometheus/")
+		return strings.HasPrefix(p, "go.etcd.io/etcd/") || strings.HasPrefix(p, "github.com/prometheus/") ||
+			strings.HasPrefix(p, "go.opentelemetry.io/") ||
+			p == "net/http" || strings.HasPrefix(p, "net/http/") || p == "crypto/tls" || p == "crypto/x509"
 	}
 	imports := map[string][]string{}
 	for _, line := range lines {
