@@ -89,7 +89,9 @@ func Handle(path string) (*netlink.Handle, error) {
 		return nil, fmt.Errorf("open netns %s: %w", path, err)
 	}
 	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	// Only the route family: with none named, NewHandleAt opens one socket
+	// per family it knows (route, xfrm, netfilter), each by entering ns.
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink in netns %s: %w", path, err)
 	}

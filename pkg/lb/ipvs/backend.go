@@ -47,9 +47,10 @@ func New(nsPath string) (*Backend, error) {
 	b := &Backend{ns: ns}
 	if b.g, err = dialGenl(nsfd.Fd(ns)); err == nil {
 		if ns != nil {
-			b.nl, err = netlink.NewHandleAt(netns.NsHandle(ns.Fd()))
+			// The route family only: the VIP's dummy device and addresses.
+			b.nl, err = netlink.NewHandleAt(netns.NsHandle(ns.Fd()), unix.NETLINK_ROUTE)
 		} else {
-			b.nl, err = netlink.NewHandle()
+			b.nl, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 		}
 	}
 	if err != nil {
