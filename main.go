@@ -31,7 +31,7 @@ func main() {
 	// A second signal is not caught: it ends a process that does not stop.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	go func() { <-ctx.Done(); stop() }()
-	app := cmd.NewApp(newController, os.Stdout, os.Stderr, os.Stdin)
+	app := cmd.NewApp(newController, os.Stdout, os.Stderr, os.Stdin, os.Args)
 	err := app.Run(ctx, os.Args)
 	stop()
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -65,13 +66,17 @@ type app struct {
 	isTerminal    func(io.Reader) bool
 	now           func() time.Time
 
-	g       Globals  // set by before
-	cniFlag []string // --cni-path as given (made absolute), for hook config
+	g           Globals  // set by before
+	cniFlag     []string // --cni-path as given (made absolute), for hook config
+	allCommands bool     // the tree holds every command (newApp)
 }
 
-// NewApp builds the circuit command. newController is called by each command
+// NewApp builds the circuit command for args (os.Args): only the command
+// args name is built, since urfave/cli sets up every command it holds on
+// each run and circuit runs on every container start. Help, completion and
+// unknown commands get them all. newController is called by each command
 // that needs a Controller, after the global flags are parsed.
-func NewApp(newController Factory, stdout, stderr io.Writer, stdin io.Reader) *cli.Command {
+func NewApp(newController Factory, stdout, stderr io.Writer, stdin io.Reader, args []string) *cli.Command {
 	return newApp(&app{
 		newController: newController,
 		stdin:         stdin,
@@ -81,10 +86,81 @@ func NewApp(newController Factory, stdout, stderr io.Writer, stdin io.Reader) *c
 		executable:    selfPath,
 		isTerminal:    isTerminal,
 		now:           time.Now,
-	})
+	}, args)
 }
 
-func newApp(a *app) *cli.Command {
+// topCommands are circuit's commands, by name, built on demand.
+var topCommands = []struct {
+	name  string
+	build func(*app) *cli.Command
+}{
+	{"network", networkCommand},
+	{"lb", lbCommand},
+	{"node", nodeCommand},
+	{"hook", hookCommand},
+	{"restore", restoreCommand},
+	{"gc", gcCommand},
+	{"version", versionCommand},
+}
+
+// rootStringFlags are the global flags that take a value, so the word after
+// them is not a command.
+var rootStringFlags = map[string]bool{"state": true, "cni-path": true, "runc-root": true}
+
+// commandWord finds the command args name (args[0] is the program): the
+// first word that is neither a global flag nor a global flag's value. ok is
+// false when every command is needed: completion asked for (anywhere), or
+// help or "--" before any word.
+func commandWord(args []string) (word string, ok bool) {
+	if slices.Contains(args, "--generate-shell-completion") {
+		return "", false
+	}
+	for i := 1; i < len(args); i++ {
+		arg := args[i]
+		switch {
+		case arg == "--":
+			return "", false
+		case strings.HasPrefix(arg, "-"):
+			name := strings.TrimLeft(arg, "-")
+			if name == "help" || name == "h" {
+				return "", false
+			}
+			if rootStringFlags[name] {
+				i++ // its value
+			}
+		default:
+			return arg, true
+		}
+	}
+	return "", true
+}
+
+// commandsFor builds the commands args need: the one they name, none when
+// they name none (circuit as a hook), every one otherwise. all reports
+// whether every command was built.
+func commandsFor(a *app, args []string) (cmds []*cli.Command, all bool) {
+	if args != nil {
+		if word, ok := commandWord(args); ok {
+			if word == "" {
+				return nil, false
+			}
+			for _, c := range topCommands {
+				if c.name == word {
+					return []*cli.Command{c.build(a)}, false
+				}
+			}
+		}
+	}
+	for _, c := range topCommands {
+		cmds = append(cmds, c.build(a))
+	}
+	return cmds, true
+}
+
+// newApp builds the command tree args need (nil: all of it).
+func newApp(a *app, args []string) *cli.Command {
+	cmds, all := commandsFor(a, args)
+	a.allCommands = all
 	root := &cli.Command{
 		Name:  "circuit",
 		Usage: "CNI networks, QoS and load balancing for runc containers",
@@ -96,7 +172,7 @@ conflist file) or CIRCUIT_NETWORK (names, comma separated); the container's
 interface. See "circuit hook config".`,
 		Version:               Version,
 		HideVersion:           true, // our own --version prints the build like `circuit version`
-		EnableShellCompletion: true,
+		EnableShellCompletion: all,
 		ConfigureShellCompletionCommand: func(c *cli.Command) {
 			c.Hidden = false
 			c.Usage = "print a shell completion script (bash, zsh, fish, pwsh)"
@@ -137,15 +213,7 @@ interface. See "circuit hook config".`,
 		Action: a.rootAction,
 		// Errors go back to main, which prints them once and exits.
 		ExitErrHandler: func(context.Context, *cli.Command, error) {},
-		Commands: []*cli.Command{
-			networkCommand(a),
-			lbCommand(a),
-			nodeCommand(a),
-			hookCommand(a),
-			restoreCommand(a),
-			gcCommand(a),
-			versionCommand(a),
-		},
+		Commands:       cmds,
 	}
 	_ = root.Walk(func(c *cli.Command) error {
 		c.OnUsageError = onUsageError
@@ -253,9 +321,18 @@ func (a *app) rootAction(ctx context.Context, cmd *cli.Command) error {
 		return usageErrorf(cmd, "unknown command %q", cmd.Args().First())
 	}
 	if a.isTerminal(a.stdin) {
-		return cli.ShowRootCommandHelp(cmd)
+		return a.rootHelp(ctx, cmd)
 	}
 	return a.hookMode(ctx, cmd)
+}
+
+// rootHelp shows the help of circuit itself, which lists every command: a
+// tree built for a hook has none, so a whole one is built for it.
+func (a *app) rootHelp(ctx context.Context, cmd *cli.Command) error {
+	if a.allCommands {
+		return cli.ShowRootCommandHelp(cmd)
+	}
+	return newApp(a, nil).Run(ctx, []string{cmd.Name, "--help"})
 }
 
 // groupAction serves "circuit network" and friends without a subcommand.

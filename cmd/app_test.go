@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -84,7 +85,8 @@ func (h *harness) run(args ...string) result {
 		isTerminal: func(io.Reader) bool { return h.terminal },
 		now:        func() time.Time { return time.Date(2016, 10, 12, 18, 45, 27, 0, time.UTC) },
 	}
-	err := newApp(a).Run(context.Background(), append([]string{"circuit"}, args...))
+	args = append([]string{"circuit"}, args...)
+	err := newApp(a, args).Run(context.Background(), args)
 	return result{stdout.String(), stderr.String(), err}
 }
 
@@ -451,6 +453,18 @@ func TestHelp(t *testing.T) {
 	if out := h.must(); !strings.Contains(out, "network") || !strings.Contains(out, "CIRCUIT_STATE") {
 		t.Errorf("root help lacks commands or env:\n%s", out)
 	}
+	// Only the command named is built for a run; circuit's own help, from
+	// a terminal or with nothing on stdin (a hook's tree has no command),
+	// still lists every one.
+	empty := newHarness(t)
+	for name, out := range map[string]string{"terminal": h.must(), "empty stdin": empty.must(), "--state first": h.must("--state", "/nonexistent", "--help")} {
+		_, commands, _ := strings.Cut(out, "COMMANDS:")
+		for _, c := range topCommands {
+			if !regexp.MustCompile(`(?m)^\s+` + c.name + `\b`).MatchString(commands) {
+				t.Errorf("root help (%s) does not list %s:\n%s", name, c.name, out)
+			}
+		}
+	}
 	// "help" is an ordinary argument to a leaf command.
 	if r := h.run("network", "inspect", "help"); r.line() != `circuit: inspect network help: network "help": not found` {
 		t.Errorf("inspect help: %q", r.line())
@@ -478,5 +492,29 @@ func TestCompletionUsageError(t *testing.T) {
 	h := newHarness(t)
 	if r := h.run("completion", "bash", "--bogus"); r.line() != "circuit: completion bash: flag provided but not defined: -bogus" || r.stderr != "" {
 		t.Errorf("got %q, stderr %q", r.line(), r.stderr)
+	}
+}
+
+func TestCommandWord(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		args []string
+		word string
+		ok   bool
+	}{
+		{[]string{"circuit"}, "", true},
+		{[]string{"circuit", "--state", "/s", "--cni-path=/c", "--debug"}, "", true},
+		{[]string{"circuit", "--state", "network", "lb", "list"}, "lb", true},
+		{[]string{"circuit", "-runc-root", "/r", "network", "list"}, "network", true},
+		{[]string{"circuit", "--state=/s", "version"}, "version", true},
+		{[]string{"circuit", "network", "--generate-shell-completion"}, "", false},
+		{[]string{"circuit", "--", "network"}, "", false},
+		{[]string{"circuit", "--state", "/s", "-h"}, "", false},
+		{[]string{"circuit", "network", "--help"}, "network", true},
+	} {
+		word, ok := commandWord(c.args)
+		if word != c.word || ok != c.ok {
+			t.Errorf("commandWord(%q) = %q, %v; want %q, %v", c.args, word, ok, c.word, c.ok)
+		}
 	}
 }

@@ -53,7 +53,7 @@ func (a *app) hookMode(ctx context.Context, cmd *cli.Command) error {
 	switch {
 	case err == nil:
 	case errors.Is(err, ocistate.ErrEmpty):
-		return cli.ShowRootCommandHelp(cmd)
+		return a.rootHelp(ctx, cmd)
 	case errors.Is(err, ocistate.ErrTooLarge):
 		err = errors.New("hook: OCI state on stdin is larger than 1 MiB")
 	case errors.Is(err, ocistate.ErrMalformed):
