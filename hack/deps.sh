@@ -3,7 +3,7 @@
 # only calls apt-get when something is missing.
 set -euo pipefail
 
-want=(runc busybox-static time iproute2 iputils-ping iperf3 nftables iptables util-linux kmod cpio qemu-system-x86 curl etcd-server)
+want=(runc busybox-static time iproute2 iputils-ping iperf3 nftables iptables util-linux kmod cpio qemu-system-x86 curl etcd-server strace)
 missing=()
 for p in "${want[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

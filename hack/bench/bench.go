@@ -125,8 +125,14 @@ type result struct {
 // execTimed runs a command with env added to the bench's own, stdin from
 // in, and times it from start to exit. stderr goes into the error.
 func execTimed(ctx context.Context, env []string, in []byte, name string, args ...string) (result, error) {
+	return execIn(ctx, "", append(os.Environ(), env...), in, name, args...)
+}
+
+// execIn is execTimed with exactly env (none of the bench's own) and dir
+// as the working directory ("" for the bench's): as runc runs a hook.
+func execIn(ctx context.Context, dir string, env []string, in []byte, name string, args ...string) (result, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env, cmd.Dir = env, dir
 	if in != nil {
 		cmd.Stdin = bytes.NewReader(in)
 	}
@@ -168,12 +174,22 @@ func lastLine(b []byte) string {
 }
 
 func (b *bench) circuitArgs(args ...string) []string {
-	return append([]string{"--state", b.state, "--cni-path", b.cfg.cniPath}, args...)
+	return b.circuitArgsIn(b.cfg.cniPath, args...)
+}
+
+// circuitArgsIn is circuitArgs with the plugins in cniPath.
+func (b *bench) circuitArgsIn(cniPath string, args ...string) []string {
+	return append([]string{"--state", b.state, "--cni-path", cniPath}, args...)
 }
 
 // circuit runs the measured binary with the bench's state dir and plugins.
 func (b *bench) circuit(ctx context.Context, args ...string) (result, error) {
-	return execTimed(ctx, nil, nil, b.cfg.circuit, b.circuitArgs(args...)...)
+	return b.circuitIn(ctx, b.cfg.cniPath, args...)
+}
+
+// circuitIn is circuit with the plugins in cniPath.
+func (b *bench) circuitIn(ctx context.Context, cniPath string, args ...string) (result, error) {
+	return execTimed(ctx, nil, nil, b.cfg.circuit, b.circuitArgsIn(cniPath, args...)...)
 }
 
 // bridgeConf is the README's example network (bridge, host-local, ipMasq,
@@ -214,15 +230,20 @@ func (b *bench) master(name string) error {
 // createNetwork defines a network in circuit and, at exit, deletes it and
 // the links its plugin made (a bridge).
 func (b *bench) createNetwork(ctx context.Context, name string, conf []byte, links ...string) error {
+	return b.createNetworkIn(ctx, b.cfg.cniPath, name, conf, links...)
+}
+
+// createNetworkIn is createNetwork with the plugins in cniPath.
+func (b *bench) createNetworkIn(ctx context.Context, cniPath, name string, conf []byte, links ...string) error {
 	file := filepath.Join(b.work, name+".conf")
 	if err := os.WriteFile(file, conf, 0o600); err != nil {
 		return err
 	}
-	if _, err := b.circuit(ctx, "network", "create", file); err != nil {
+	if _, err := b.circuitIn(ctx, cniPath, "network", "create", file); err != nil {
 		return err
 	}
 	b.atExit(func() {
-		b.circuit(context.Background(), "network", "delete", "--force", name)
+		b.circuitIn(context.Background(), cniPath, "network", "delete", "--force", name)
 		for _, l := range links {
 			deleteLink(l)
 		}
@@ -236,6 +257,7 @@ type plugin struct {
 	b    *bench
 	typ  string
 	conf []byte
+	path string // the plugins' dir
 
 	mu   sync.Mutex
 	live map[string]int // container ID -> sleeper PID, ADDed and not yet DELeted
@@ -244,11 +266,16 @@ type plugin struct {
 // newPlugin sets up a network that is only ever driven by hand. Addresses
 // and iptables rules go with each DEL; the links named go at exit.
 func (b *bench) newPlugin(conf []byte, links ...string) *plugin {
+	return b.newPluginIn(b.cfg.cniPath, conf, links...)
+}
+
+// newPluginIn is newPlugin with the plugins in cniPath.
+func (b *bench) newPluginIn(cniPath string, conf []byte, links ...string) *plugin {
 	var c struct {
 		Type string `json:"type"`
 	}
 	json.Unmarshal(conf, &c)
-	p := &plugin{b: b, typ: c.Type, conf: conf, live: map[string]int{}}
+	p := &plugin{b: b, typ: c.Type, conf: conf, path: cniPath, live: map[string]int{}}
 	b.atExit(func() {
 		// A run cut short: DEL what is still attached, so the plugin takes
 		// back its iptables rules too.
@@ -271,9 +298,9 @@ func (p *plugin) call(ctx context.Context, command, id string, pid int) (result,
 		"CNI_CONTAINERID=" + id,
 		"CNI_NETNS=/proc/" + strconv.Itoa(pid) + "/ns/net",
 		"CNI_IFNAME=eth0",
-		"CNI_PATH=" + p.b.cfg.cniPath,
+		"CNI_PATH=" + p.path,
 	}
-	r, err := execTimed(ctx, env, p.conf, filepath.Join(p.b.cfg.cniPath, p.typ))
+	r, err := execTimed(ctx, env, p.conf, filepath.Join(p.path, p.typ))
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch {

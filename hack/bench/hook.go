@@ -109,14 +109,23 @@ func (b *bench) hooks(network string, args ...string) map[string]any {
 	h := map[string]any{
 		"path": args[0],
 		"args": args,
-		"env": []string{
-			"CIRCUIT_NETWORK=" + network,
-			"CIRCUIT_STATE=" + b.state,
-			"CNI_PATH=" + b.cfg.cniPath,
-			"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-		},
+		"env":  b.hookEnv(network, b.cfg.cniPath),
 	}
 	return map[string]any{"prestart": []any{h}, "poststop": []any{h}}
+}
+
+// hookEnv is the environment of the bench's hook entries: the network
+// (none if ""), circuit's state dir and the plugins' dir.
+func (b *bench) hookEnv(network, cniPath string) []string {
+	var env []string
+	if network != "" {
+		env = append(env, "CIRCUIT_NETWORK="+network)
+	}
+	return append(env,
+		"CIRCUIT_STATE="+b.state,
+		"CNI_PATH="+cniPath,
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+	)
 }
 
 // runc runs runc with the set's state root. Its output goes to a file: a

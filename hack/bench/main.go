@@ -25,6 +25,7 @@ import (
 type config struct {
 	circuit  string // the binary measured
 	cniPath  string
+	debian   string // Debian's plugins, fetched there if missing (own)
 	out      string // markdown report, "" for stdout only
 	smoke    bool
 	rounds   int   // paired rounds of connect vs plugin ADD, hook vs none
@@ -46,15 +47,16 @@ func main() {
 	cfg := config{only: map[string]bool{}}
 	flag.StringVar(&cfg.circuit, "circuit", "bin/circuit", "circuit `binary` to measure")
 	flag.StringVar(&cfg.cniPath, "cni-path", "bin/cni", "`dir` of the CNI plugins")
+	flag.StringVar(&cfg.debian, "cni-debian", "bin/cni-debian", "`dir` of Debian's CNI plugins (containernetworking-plugins), for the own section; a full run fetches them there with apt-get download if missing")
 	flag.StringVar(&cfg.out, "out", "", "write the report to `file` (markdown; plots go next to it)")
 	flag.BoolVar(&cfg.smoke, "smoke", false, "a few rounds of everything, to check the benchmark works (numbers mean little)")
-	flag.IntVar(&cfg.rounds, "rounds", 30, "paired `rounds` for connect/disconnect and hook")
+	flag.IntVar(&cfg.rounds, "rounds", 30, "paired `rounds` for connect/disconnect, hook and own")
 	flag.IntVar(&cfg.peers, "peers", 500, "`peers` on one network for the scale run")
 	flag.IntVar(&cfg.storm, "storm", 50, "containers started at once")
 	services := flag.String("services", "10,100,1000,10000", "lb service `counts` measured")
 	flag.IntVar(&cfg.targets, "targets", 10, "targets per lb service")
 	rates := flag.String("rates", "1,10,100", "qos `rates` in Mbit/s")
-	only := flag.String("only", "", "run only these `sections` (comma separated: connect,hook,storm,scale,lb,qos,cluster)")
+	only := flag.String("only", "", "run only these `sections` (comma separated: connect,hook,storm,scale,lb,qos,cluster,own)")
 	flag.Parse()
 	var err error
 	if cfg.services, err = ints(*services); err != nil {
@@ -78,7 +80,7 @@ func main() {
 	if os.Geteuid() != 0 {
 		fatal("run as root: the benchmark creates network namespaces, bridges and containers")
 	}
-	for _, p := range []*string{&cfg.circuit, &cfg.cniPath} {
+	for _, p := range []*string{&cfg.circuit, &cfg.cniPath, &cfg.debian} {
 		if *p, err = filepath.Abs(*p); err != nil {
 			fatal("%v", err)
 		}
@@ -100,7 +102,7 @@ func main() {
 	}
 }
 
-var sections = []string{"connect", "hook", "storm", "scale", "lb", "qos", "cluster"}
+var sections = []string{"connect", "hook", "storm", "scale", "lb", "qos", "cluster", "own"}
 
 func knownSection(s string) bool {
 	for _, k := range sections {
@@ -134,6 +136,7 @@ func run(ctx context.Context, cfg config) (*report, error) {
 		{"lb", b.lbScale},
 		{"qos", b.qosRates},
 		{"cluster", b.clusterBench},
+		{"own", b.ownCost},
 	}
 	for _, s := range steps {
 		if !cfg.wants(s.name) {

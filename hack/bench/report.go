@@ -26,6 +26,7 @@ type report struct {
 	lb                *lbResult
 	qos               *qosResult
 	cluster           *clusterResult
+	own               *ownResult
 	plots             []string // files written next to the report
 }
 
@@ -92,6 +93,7 @@ func (r *report) markdown() string {
 	r.lbSection(p)
 	r.qosSection(p)
 	r.clusterSection(p)
+	r.ownSection(p)
 	if !r.cfg.smoke {
 		p("%s", strings.TrimSpace(profile))
 	}
@@ -155,6 +157,7 @@ func (r *report) targets(p printer) {
 		row("measured rate vs set rate", "within 10%", fmt.Sprintf("worst %.1f%% off (at %d Mbit/s)", worst*100, at), worst <= 0.1)
 	}
 	r.clusterTargets(row)
+	r.ownTargets(p, row)
 	p("")
 }
 
