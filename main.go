@@ -29,11 +29,18 @@ func main() {
 	// A signal cancels the context, so the controller can roll back
 	// half-done work instead of dying in the middle of it.
 	// A second signal is not caught: it ends a process that does not stop.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	go func() { <-ctx.Done(); stop() }()
+	// (One goroutine where signal.NotifyContext and a stopper took two:
+	// each costs every container start a thread's start-up.)
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		signal.Stop(sigs)
+		cancel()
+	}()
 	app := cmd.NewApp(newController, os.Stdout, os.Stderr, os.Stdin, os.Args)
 	err := app.Run(ctx, os.Args)
-	stop()
 	if err != nil {
 		// The one exit path: one line, no usage dump.
 		fmt.Fprintf(os.Stderr, "circuit: %v\n", err)
