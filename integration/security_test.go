@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -169,11 +170,15 @@ func TestSecurityStateModes(t *testing.T) {
 	if m := secMode(t, c.state); m != 0o700 {
 		t.Errorf("new state dir has mode %v, want 0700", m)
 	}
+	// A read does not create the datastore; the first write does.
+	if _, err := os.Stat(db); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("network list on a new state dir made circuit.db (%v)", err)
+	}
+	c.must("network", "create", c.conf("modes", "10.220.45.0/24"))
 	if m := secMode(t, db); m != 0o600 {
 		t.Errorf("new circuit.db has mode %v, want 0600", m)
 	}
 	// What a connect adds (pins, libcni's cache) stays root's.
-	c.must("network", "create", c.conf("modes", "10.220.45.0/24"))
 	s := testutil.NewSleeper(t)
 	c.must("network", "connect", strconv.Itoa(s.PID), "modes")
 	filepath.WalkDir(c.state, func(path string, d fs.DirEntry, err error) error {

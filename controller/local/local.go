@@ -54,7 +54,9 @@ func New(cfg Config) (*Controller, error) {
 		return nil, api.Errorf(api.ErrPermission, "circuit must run as root (it needs CAP_NET_ADMIN and CAP_SYS_ADMIN to change network namespaces)")
 	}
 	cfg = withDefaults(cfg)
-	var opts []bolt.Option
+	// A command runs a transaction or two: the first checks the schema,
+	// instead of one more opening of the file before it.
+	opts := []bolt.Option{bolt.WithSchemaOnFirstUse()}
 	if cfg.LockTimeout > 0 {
 		opts = append(opts, bolt.WithTimeout(cfg.LockTimeout))
 	}

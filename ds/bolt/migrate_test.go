@@ -13,6 +13,31 @@ import (
 // A circuit.db that circuit 7a0487f wrote (schema 1: the CLI's JSON) is
 // migrated in place on the first open, and every record reads back.
 func TestMigrateSchema1File(t *testing.T) {
+	dir := schema1File(t)
+	s := openStore(t, dir)
+	if got := readRaw(t, s.Path(), "v1", "meta", "schema"); got != "2" {
+		t.Errorf("schema after Open = %q, want 2", got)
+	}
+	checkSchema1Records(t, s)
+}
+
+// Left unread by Open (WithSchemaOnFirstUse), the same file is migrated
+// by the first transaction, a read.
+func TestMigrateSchema1FileOnFirstUse(t *testing.T) {
+	dir := schema1File(t)
+	s := openStore(t, dir, WithSchemaOnFirstUse())
+	if got := readRaw(t, s.Path(), "v1", "meta", "schema"); got != "1" {
+		t.Fatalf("schema after Open = %q: Open read the file", got)
+	}
+	checkSchema1Records(t, s)
+	if got := readRaw(t, s.Path(), "v1", "meta", "schema"); got != "2" {
+		t.Errorf("schema after the first View = %q, want 2", got)
+	}
+}
+
+// schema1File puts the schema-1 fixture in a state dir.
+func schema1File(t *testing.T) string {
+	t.Helper()
 	dir := t.TempDir()
 	b, err := os.ReadFile("testdata/schema1-circuit.db")
 	if err != nil {
@@ -24,10 +49,12 @@ func TestMigrateSchema1File(t *testing.T) {
 	if got := readRaw(t, filepath.Join(dir, FileName), "v1", "meta", "schema"); got != "1" {
 		t.Fatalf("fixture schema %q, want 1", got)
 	}
-	s := openStore(t, dir)
-	if got := readRaw(t, s.Path(), "v1", "meta", "schema"); got != "2" {
-		t.Errorf("schema after Open = %q, want 2", got)
-	}
+	return dir
+}
+
+// checkSchema1Records reads back every record of the schema-1 fixture.
+func checkSchema1Records(t *testing.T, s *Store) {
+	t.Helper()
 	var nets []api.Network
 	var peers []api.Peer
 	var svcs []api.Service
@@ -92,7 +119,7 @@ func TestMigrateSchema1File(t *testing.T) {
 
 	// A second open finds nothing to migrate and changes nothing.
 	before, _ := os.ReadFile(s.Path())
-	openStore(t, dir)
+	openStore(t, filepath.Dir(s.Path()))
 	if after, _ := os.ReadFile(s.Path()); string(after) != string(before) {
 		t.Error("a second Open rewrote the migrated file")
 	}

@@ -1,6 +1,7 @@
 package bolt
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -109,6 +110,9 @@ func migrate(btx *bbolt.Tx) (*bbolt.Bucket, error) {
 	return btx.Bucket(bucketRoot), nil
 }
 
+// errOlderSchema: a read-only transaction cannot migrate the file.
+var errOlderSchema = errors.New("migrate it first")
+
 // viewRoot returns a read-only transaction's root bucket: nil for a store no
 // write has touched, which reads as empty.
 func viewRoot(btx *bbolt.Tx) (*bbolt.Bucket, error) {
@@ -119,9 +123,10 @@ func viewRoot(btx *bbolt.Tx) (*bbolt.Bucket, error) {
 	if err := checkNotNewer(v); err != nil {
 		return nil, err
 	}
-	// Open migrates, so only a file replaced behind our back gets here.
+	// Open migrates, so only a file it left unread or one replaced behind
+	// our back gets here: View migrates it and reads again.
 	if v != 0 && v < schemaVersion {
-		return nil, fmt.Errorf("datastore schema version %d is older than %d: reopen the datastore to migrate it", v, schemaVersion)
+		return nil, fmt.Errorf("datastore schema version %d is older than %d: %w", v, schemaVersion, errOlderSchema)
 	}
 	if btx == nil {
 		return nil, nil

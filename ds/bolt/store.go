@@ -36,6 +36,7 @@ var errClosed = errors.New("datastore closed")
 type Store struct {
 	path    string
 	timeout time.Duration
+	lazy    bool // WithSchemaOnFirstUse
 	closed  atomic.Bool
 }
 
@@ -55,9 +56,20 @@ func WithTimeout(d time.Duration) Option {
 	}
 }
 
+// WithSchemaOnFirstUse leaves the file unread until the first transaction,
+// which checks the schema (and migrates an older one) as Open would: a
+// process that runs a transaction or two, as every circuit command does,
+// saves one opening of the file. A newer or unreadable schema then fails
+// that transaction instead of Open, with the same error.
+func WithSchemaOnFirstUse() Option {
+	return func(s *Store) { s.lazy = true }
+}
+
 // Open prepares stateDir (created 0700, or narrowed to 0700) and its
 // circuit.db (0600), creating the file or migrating it to the current schema
-// if needed. It refuses a file whose schema is newer than this code.
+// if needed. It refuses a file whose schema is newer than this code. With
+// WithSchemaOnFirstUse all that is left to the transactions: the first
+// write creates the file.
 func Open(stateDir string, opts ...Option) (*Store, error) {
 	if stateDir == "" {
 		return nil, fmt.Errorf("open datastore: state dir is empty: %w", api.ErrInvalid)
@@ -77,6 +89,9 @@ func Open(stateDir string, opts ...Option) (*Store, error) {
 	}
 	if err := restrictMode(s.path, fileMode); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("open datastore: %w", err)
+	}
+	if s.lazy {
+		return s, nil
 	}
 	if err := s.init(context.Background()); err != nil {
 		return nil, fmt.Errorf("open datastore: %w", err)
@@ -123,15 +138,25 @@ func (s *Store) Update(ctx context.Context, fn func(ds.Tx) error) (err error) {
 	return nil
 }
 
-// View runs fn in one read-only transaction under a shared lock.
+// View runs fn in one read-only transaction under a shared lock. A file of
+// an older schema (one Open left unread, or replaced since) is migrated by
+// a read-write transaction first.
 func (s *Store) View(ctx context.Context, fn func(ds.Tx) error) error {
-	return s.view(ctx, func(btx *bbolt.Tx) error {
+	run := func(btx *bbolt.Tx) error {
 		root, err := viewRoot(btx)
 		if err != nil {
 			return err
 		}
 		return fn(&tx{btx: btx, root: root, path: s.path})
-	})
+	}
+	err := s.view(ctx, run)
+	if !errors.Is(err, errOlderSchema) {
+		return err
+	}
+	if err := s.Update(ctx, func(ds.Tx) error { return nil }); err != nil {
+		return err
+	}
+	return s.view(ctx, run)
 }
 
 // init brings the file to the current schema. The common case, a current

@@ -199,6 +199,25 @@ func TestNewerSchemaRefused(t *testing.T) {
 	}
 }
 
+// Left unread by Open, a newer file fails the first transaction, with
+// Open's error, and is left as it is.
+func TestNewerSchemaRefusedOnFirstUse(t *testing.T) {
+	const want = "datastore schema version 3 is newer than this circuit supports (2)"
+	dir := t.TempDir()
+	writeSchema(t, filepath.Join(dir, FileName), "3")
+	s := openStore(t, dir, WithSchemaOnFirstUse())
+	ran := false
+	if err := s.View(context.Background(), func(ds.Tx) error { ran = true; return nil }); err == nil || !strings.Contains(err.Error(), want) || ran {
+		t.Errorf("View = %v (fn ran: %v), want %q", err, ran, want)
+	}
+	if err := s.Update(context.Background(), func(ds.Tx) error { ran = true; return nil }); err == nil || !strings.Contains(err.Error(), want) || ran {
+		t.Errorf("Update = %v (fn ran: %v), want %q", err, ran, want)
+	}
+	if got := readRaw(t, filepath.Join(dir, FileName), "v1", "meta", "schema"); got != "3" {
+		t.Errorf("the schema version was rewritten to %q", got)
+	}
+}
+
 func TestGarbageSchemaRefused(t *testing.T) {
 	dir := t.TempDir()
 	writeSchema(t, filepath.Join(dir, FileName), "one")

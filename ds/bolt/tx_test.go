@@ -53,13 +53,20 @@ func equal[T any](t *testing.T, what string, got, want T) {
 	}
 }
 
-// The contract every datastore keeps (ds/dstest), on bbolt.
+// The contract every datastore keeps (ds/dstest), on bbolt, with the schema
+// read by Open and by the first transaction (as the CLI opens it).
 func TestContract(t *testing.T) {
+	for name, opts := range map[string][]Option{"open": nil, "first use": {WithSchemaOnFirstUse()}} {
+		t.Run(name, func(t *testing.T) { contract(t, opts...) })
+	}
+}
+
+func contract(t *testing.T, opts ...Option) {
 	dstest.Run(t, func(t *testing.T) dstest.Harness {
 		dir := t.TempDir()
 		return dstest.Harness{
 			Open: func(t *testing.T, bound time.Duration) ds.Datastore {
-				return openStore(t, dir, WithTimeout(bound))
+				return openStore(t, dir, append([]Option{WithTimeout(bound)}, opts...)...)
 			},
 			Busy: func(t *testing.T) func() {
 				db, err := bbolt.Open(filepath.Join(dir, FileName), 0o600, &bbolt.Options{Timeout: 5 * time.Second})
