@@ -112,41 +112,67 @@ var rootStringFlags = map[string]bool{"state": true, "cni-path": true, "runc-roo
 // false when every command is needed: completion asked for (anywhere), or
 // help or "--" before any word.
 func commandWord(args []string) (word string, ok bool) {
+	word, _, ok = commandAt(args)
+	return word, ok
+}
+
+// commandAt is commandWord with the word's index in args.
+func commandAt(args []string) (word string, at int, ok bool) {
 	if slices.Contains(args, "--generate-shell-completion") {
-		return "", false
+		return "", 0, false
 	}
 	for i := 1; i < len(args); i++ {
 		arg := args[i]
 		switch {
 		case arg == "--":
-			return "", false
+			return "", 0, false
 		case strings.HasPrefix(arg, "-"):
 			name := strings.TrimLeft(arg, "-")
 			if name == "help" || name == "h" {
-				return "", false
+				return "", 0, false
 			}
 			if rootStringFlags[name] {
 				i++ // its value
 			}
 		default:
-			return arg, true
+			return arg, i, true
 		}
 	}
-	return "", true
+	return "", 0, true
 }
 
-// commandsFor builds the commands args need: the one they name, none when
-// they name none (circuit as a hook), every one otherwise. all reports
+// pruneTo keeps, level by level down from c, only the subcommand the next
+// word names. A flag, or a word naming none (help, a typo), keeps the level
+// whole, for its help and its errors.
+func pruneTo(c *cli.Command, words []string) {
+	for _, w := range words {
+		if strings.HasPrefix(w, "-") {
+			return
+		}
+		i := slices.IndexFunc(c.Commands, func(s *cli.Command) bool { return s.Name == w || slices.Contains(s.Aliases, w) })
+		if i < 0 {
+			return
+		}
+		c.Commands = c.Commands[i : i+1]
+		c = c.Commands[0]
+	}
+}
+
+// commandsFor builds the commands args need: the one they name (and of
+// its subcommands the ones they name), none when they name none (circuit as
+// a hook), every one otherwise. all reports
 // whether every command was built.
 func commandsFor(a *app, args []string) (cmds []*cli.Command, all bool) {
 	if args != nil {
-		if word, ok := commandWord(args); ok {
+		if word, at, ok := commandAt(args); ok {
 			if word == "" {
 				return nil, false
 			}
 			for _, c := range topCommands {
 				if c.name == word {
-					return []*cli.Command{c.build(a)}, false
+					cmd := c.build(a)
+					pruneTo(cmd, args[at+1:])
+					return []*cli.Command{cmd}, false
 				}
 			}
 		}

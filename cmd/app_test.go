@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/urfave/cli/v3"
 	"io"
 	"os"
 	"path/filepath"
@@ -515,6 +516,37 @@ func TestCommandWord(t *testing.T) {
 		word, ok := commandWord(c.args)
 		if word != c.word || ok != c.ok {
 			t.Errorf("commandWord(%q) = %q, %v; want %q, %v", c.args, word, ok, c.word, c.ok)
+		}
+	}
+}
+
+// A run builds the path of commands its words name and no other; words
+// that name none keep their level whole.
+func TestCommandsBuiltForArgs(t *testing.T) {
+	t.Parallel()
+	tree := func(c *cli.Command) string {
+		var names []string
+		_ = c.Walk(func(c *cli.Command) error { names = append(names, c.Name); return nil })
+		return strings.Join(names, " ")
+	}
+	for args, want := range map[string]string{
+		"--state /s network connect 1 web": "circuit network connect",
+		"lb rm web 10.0.0.1:80":            "circuit lb delete",
+		"--debug":                          "circuit",
+	} {
+		if got := tree(newApp(&app{}, append([]string{"circuit"}, strings.Fields(args)...))); got != want {
+			t.Errorf("circuit %s built %q, want %q", args, got, want)
+		}
+	}
+	for _, args := range []string{"network conect", "network --help connect", "help"} {
+		full := tree(newApp(&app{}, nil))
+		got := tree(newApp(&app{}, append([]string{"circuit"}, strings.Fields(args)...)))
+		if first := strings.Fields(args)[0]; first == "network" {
+			if !strings.Contains(got, "connect") || !strings.Contains(got, "inspect") || strings.Contains(got, " lb") {
+				t.Errorf("circuit %s built %q: want all of network and nothing else", args, got)
+			}
+		} else if got != full {
+			t.Errorf("circuit %s built %q, want everything", args, got)
 		}
 	}
 }
