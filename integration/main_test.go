@@ -124,6 +124,38 @@ func natRulesFor(id string) string {
 	return strings.Join(hits, "\n")
 }
 
+// dropRebootNAT removes the bridge plugin's masquerade rules in nat's
+// POSTROUTING for the container id, and the chains they jump to: what a
+// reboot flushes, for tests that fake one and so leave them (the plugin's
+// DEL cannot find them without the container's namespace).
+func dropRebootNAT(t *testing.T, id string) {
+	t.Helper()
+	out, err := exec.Command("iptables", "-w", "-t", "nat", "-L", "POSTROUTING", "--line-numbers", "-n").Output()
+	if err != nil {
+		t.Errorf("list nat POSTROUTING: %v", err)
+		return
+	}
+	var nums, chains []string
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 1 && strings.Contains(l, `id: "`+id+`"`) {
+			nums = append([]string{f[0]}, nums...) // the last first: numbers shift
+			chains = append(chains, f[1])
+		}
+	}
+	for _, n := range nums {
+		if out, err := exec.Command("iptables", "-w", "-t", "nat", "-D", "POSTROUTING", n).CombinedOutput(); err != nil {
+			t.Errorf("delete POSTROUTING rule %s: %v: %s", n, err, out)
+		}
+	}
+	for _, c := range chains {
+		if strings.HasPrefix(c, "CNI-") {
+			_ = exec.Command("iptables", "-w", "-t", "nat", "-F", c).Run()
+			_ = exec.Command("iptables", "-w", "-t", "nat", "-X", c).Run()
+		}
+	}
+}
+
 // assertReleased checks that nothing of a container's attachment is left.
 func (c *cli) assertReleased(network, id string) {
 	c.t.Helper()

@@ -288,6 +288,7 @@ func TestPublishRestoreGivesBack(t *testing.T) {
 	died.Kill()
 	rebooted.Kill()
 	testutil.Run(t, "umount", pin)
+	t.Cleanup(func() { dropRebootNAT(t, rebootedID) })
 
 	must("restore")
 	if r := natRulesFor(diedID); r != "" {
