@@ -1,6 +1,7 @@
 package main
 
 import (
+	_ "embed"
 	"fmt"
 	"math"
 	"path/filepath"
@@ -62,11 +63,24 @@ func (r *report) ownTargets(p printer, row func(name, goal, measured string, ok 
 	}
 }
 
+// ownProfile is the section's part a run cannot write: where the time goes
+// and each lead's before and after, measured by hand.
+//
+//go:embed own_profile.md
+var ownProfile string
+
 func (r *report) ownSection(p printer) {
 	o := r.own
 	if o == nil {
 		return
 	}
+	// After the measured part, whichever way it ends.
+	defer func() {
+		if !r.cfg.smoke {
+			p("%s", strings.TrimSpace(ownProfile))
+			p("")
+		}
+	}()
 	p("## 8. circuit's own cost")
 	p("")
 	warmup := 0
