@@ -160,8 +160,7 @@ func pruneTo(c *cli.Command, words []string) {
 
 // commandsFor builds the commands args need: the one they name (and of
 // its subcommands the ones they name), none when they name none (circuit as
-// a hook), every one otherwise. all reports
-// whether every command was built.
+// a hook), every one otherwise. all reports whether every command was built.
 func commandsFor(a *app, args []string) (cmds []*cli.Command, all bool) {
 	if args != nil {
 		if word, at, ok := commandAt(args); ok {
