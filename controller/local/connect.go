@@ -20,17 +20,26 @@ import (
 // Whatever fails after the intent is recorded is undone: no interface, no
 // address reservation, no pin and no record is left behind.
 func (c *Controller) Connect(ctx context.Context, req api.ConnectRequest) (*api.Peer, error) {
-	p, err := c.connect(ctx, req)
+	return c.connectTo(ctx, nil, req)
+}
+
+// connectTo is Connect to n, the network's record as the caller has just
+// read it (nil: read here), which saves a transaction. The intent's
+// transaction reads it again, as every write does.
+func (c *Controller) connectTo(ctx context.Context, n *api.Network, req api.ConnectRequest) (*api.Peer, error) {
+	p, err := c.connect(ctx, n, req)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s to %s: %w", req.Container, req.Network, err)
 	}
 	return p, nil
 }
 
-func (c *Controller) connect(ctx context.Context, req api.ConnectRequest) (*api.Peer, error) {
-	n, err := c.networkRecord(ctx, req.Network)
-	if err != nil {
-		return nil, err
+func (c *Controller) connect(ctx context.Context, n *api.Network, req api.ConnectRequest) (*api.Peer, error) {
+	if n == nil || n.Name != req.Network {
+		var err error
+		if n, err = c.networkRecord(ctx, req.Network); err != nil {
+			return nil, err
+		}
 	}
 	cfg, err := loadConfig(n)
 	if n.Cluster != nil {
@@ -390,11 +399,7 @@ func (c *Controller) Disconnect(ctx context.Context, req api.DisconnectRequest) 
 }
 
 func (c *Controller) disconnect(ctx context.Context, req api.DisconnectRequest) error {
-	n, err := c.networkRecord(ctx, req.Network)
-	if err != nil {
-		return err
-	}
-	match, err := c.findPeers(ctx, n.Name, req.Container, req.IfName)
+	n, match, err := c.findPeers(ctx, req.Network, req.Container, req.IfName)
 	if err != nil {
 		return err
 	}
@@ -407,11 +412,16 @@ func (c *Controller) disconnect(ctx context.Context, req api.DisconnectRequest) 
 	return c.detach(ctx, n, &match[0])
 }
 
-// findPeers finds a container's peers on a network without reading the
-// other peers: by the name given when it is the recorded ID, else by the
-// ID the live container or process resolves to ("pid-<pid>-<start>" for a
-// plain process). Only a PID whose process is gone costs a scan.
-func (c *Controller) findPeers(ctx context.Context, network, container, ifname string) ([]api.Peer, error) {
+// findPeers reads a network's record and finds a container's peers on it,
+// in one transaction, without reading the other peers: by the name given
+// when it is the recorded ID, else by the ID the live container or process
+// resolves to ("pid-<pid>-<start>" for a plain process). Only a PID whose
+// process is gone costs a scan.
+func (c *Controller) findPeers(ctx context.Context, network, container, ifname string) (*api.Network, []api.Peer, error) {
+	if err := api.ValidNetworkName(network); err != nil {
+		return nil, nil, err
+	}
+	var n *api.Network
 	var match []api.Peer
 	keep := func(peers []api.Peer, ok func(api.Peer) bool) {
 		for _, p := range peers {
@@ -422,6 +432,10 @@ func (c *Controller) findPeers(ctx context.Context, network, container, ifname s
 	}
 	err := c.store.View(ctx, func(tx ds.Tx) error {
 		match = nil // a View may run more than once
+		var err error
+		if n, err = tx.GetNetwork(network); err != nil {
+			return err
+		}
 		lookup := func(id string) error {
 			peers, err := tx.ContainerPeers(network, id)
 			keep(peers, func(api.Peer) bool { return true })
@@ -442,7 +456,10 @@ func (c *Controller) findPeers(ctx context.Context, network, container, ifname s
 		keep(peers, func(p api.Peer) bool { return strconv.Itoa(p.PID) == container })
 		return err
 	})
-	return match, err
+	if err != nil {
+		return nil, nil, err
+	}
+	return n, match, nil
 }
 
 // detach undoes one peer: QoS, CNI DEL (against the pin while the

@@ -38,7 +38,7 @@ func (c *Controller) hookStart(ctx context.Context, req api.HookRequest) (*api.H
 	res := &api.HookResult{}
 	var done []string
 	for _, name := range networks {
-		connected, err := c.hookPeers(ctx, name, req)
+		connected, n, err := c.hookPeers(ctx, name, req)
 		if err != nil {
 			c.hookRollback(ctx, req, done)
 			return res, fmt.Errorf("hook %s: %w", req.ID, err)
@@ -57,7 +57,7 @@ func (c *Controller) hookStart(ctx context.Context, req api.HookRequest) (*api.H
 		if name == networks[0] {
 			settings = req.Settings
 		}
-		p, err := c.Connect(ctx, api.ConnectRequest{Container: strconv.Itoa(req.PID), ContainerID: req.ID, Network: name, IfName: ifname, Settings: settings})
+		p, err := c.connectTo(ctx, n, api.ConnectRequest{Container: strconv.Itoa(req.PID), ContainerID: req.ID, Network: name, IfName: ifname, Settings: settings})
 		if err != nil {
 			c.hookRollback(ctx, req, done)
 			return res, fmt.Errorf("hook %s: %w", req.ID, err)
@@ -83,38 +83,47 @@ func (c *Controller) hookRollback(ctx context.Context, req api.HookRequest, done
 // hookPeers looks at the records a start hook finds for its container on
 // a network: it reports true if this very container is connected already,
 // and removes (releasing what they hold) records a dead container of the
-// same ID left, since runc IDs are reused.
-func (c *Controller) hookPeers(ctx context.Context, network string, req api.HookRequest) (bool, error) {
-	n, err := c.networkRecord(ctx, network)
-	if err != nil {
-		return false, err
+// same ID left, since runc IDs are reused. It returns the network's record,
+// read with them in one transaction, for the connect (nil once it released
+// something: the connect reads it again).
+func (c *Controller) hookPeers(ctx context.Context, network string, req api.HookRequest) (bool, *api.Network, error) {
+	if err := api.ValidNetworkName(network); err != nil {
+		return false, nil, err
 	}
+	var n *api.Network
 	var peers []api.Peer
-	err = c.store.View(ctx, func(tx ds.Tx) error {
+	err := c.store.View(ctx, func(tx ds.Tx) error {
+		var err error
+		if n, err = tx.GetNetwork(network); err != nil {
+			return err
+		}
 		peers, err = tx.ContainerPeers(network, req.ID)
 		return err
 	})
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	for i := range peers {
 		p := &peers[i]
 		switch {
 		case p.State == api.PeerConnected && p.PID == req.PID && !c.processGone(p):
-			return true, nil
+			return true, nil, nil
 		case p.State != api.PeerConnected && c.ownerRuns(p.Owner):
-			return false, api.Errorf(api.ErrBusy, "another circuit process is changing container %s on network %s; try again", req.ID, network)
+			return false, nil, api.Errorf(api.ErrBusy, "another circuit process is changing container %s on network %s; try again", req.ID, network)
 		case p.State == api.PeerConnected && !c.processGone(p):
-			return false, api.Errorf(api.ErrExists, "container %s is already connected to network %s, with pid %d", req.ID, network, p.PID)
+			return false, nil, api.Errorf(api.ErrExists, "container %s is already connected to network %s, with pid %d", req.ID, network, p.PID)
 		}
 		// The container that record was made for is gone: release what it
 		// left before the new one connects.
 		c.log.Debugf("hook %s: replacing the record of a dead container (pid %d) on %s", req.ID, p.PID, network)
 		if _, err := c.reap(ctx, n, p); err != nil {
-			return false, fmt.Errorf("release what a dead container %s left on %s: %w", req.ID, network, err)
+			return false, nil, fmt.Errorf("release what a dead container %s left on %s: %w", req.ID, network, err)
 		}
 	}
-	return false, nil
+	if len(peers) > 0 {
+		n = nil
+	}
+	return false, n, nil
 }
 
 // processGone reports whether the process a peer was connected for is
@@ -180,6 +189,7 @@ func (c *Controller) ensureNetworkFromFile(ctx context.Context, path string) (st
 // never deletes a network and succeeds when there is nothing to do.
 func (c *Controller) hookStop(ctx context.Context, req api.HookRequest) (*api.HookResult, error) {
 	var peers []api.Peer
+	nets := map[string]*api.Network{} // of those peers, read with them
 	// Network by network, so the cost follows the container's peers, not
 	// every peer on the host.
 	err := c.store.View(ctx, func(tx ds.Tx) error {
@@ -193,6 +203,9 @@ func (c *Controller) hookStop(ctx context.Context, req api.HookRequest) (*api.Ho
 			if err != nil {
 				return err
 			}
+			if len(mine) > 0 {
+				nets[n.Name] = &n
+			}
 			peers = append(peers, mine...)
 		}
 		return nil
@@ -203,11 +216,7 @@ func (c *Controller) hookStop(ctx context.Context, req api.HookRequest) (*api.Ho
 	res := &api.HookResult{}
 	var errs []error
 	for _, p := range peers {
-		n, err := c.networkRecord(ctx, p.Network)
-		if err == nil {
-			err = c.detach(ctx, n, &p)
-		}
-		if err != nil {
+		if err := c.detach(ctx, nets[p.Network], &p); err != nil {
 			errs = append(errs, fmt.Errorf("disconnect from %s: %w", p.Network, err))
 			continue
 		}
