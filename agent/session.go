@@ -12,6 +12,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 
 	"github.com/circuit-cni/circuit/api"
 )
@@ -67,7 +69,15 @@ func (a *Agent) connect() (*clientv3.Client, error) {
 		// Keepalives notice a dead connection while the agent only watches.
 		DialKeepAliveTime:    a.cfg.LeaseTTL,
 		DialKeepAliveTimeout: a.cfg.RequestTimeout,
-		Logger:               zap.NewNop(), // the agent logs what matters itself
+		// gRPC's own reconnect backoff grows from a second to two
+		// minutes: after an outage the agent would find etcd back that
+		// late, and its requests meanwhile would time out. A dial is
+		// cheap: every second, as gRPC's first retry.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           grpcbackoff.Config{BaseDelay: time.Second, Multiplier: 1, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: a.cfg.RequestTimeout,
+		})},
+		Logger: zap.NewNop(), // the agent logs what matters itself
 	})
 	if err != nil {
 		// With credentials, New authenticates: etcd must answer.
