@@ -153,23 +153,28 @@ func TestContainerTargets(t *testing.T) {
 		waitFor(t, n.cfg.Node+" balances to both containers", func() bool { return slices.Equal(n.fake().targets("web"), both) })
 	}
 
-	// The metrics give every target of every service this node balances.
-	mfs, err := b.metrics.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var weights []string
-	for _, mf := range mfs {
-		if mf.GetName() == "circuit_agent_target_weight" {
-			for _, m := range mf.GetMetric() {
-				weights = append(weights, fmt.Sprintf("%s=%v", m.GetLabel()[1].GetValue(), m.GetGauge().GetValue()))
+	// The metrics give every target of every service this node balances
+	// (what the agent holds as programmed, which it records just after the
+	// dataplane call the wait above saw).
+	weights := func() []string {
+		mfs, err := b.metrics.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, mf := range mfs {
+			if mf.GetName() == "circuit_agent_target_weight" {
+				for _, m := range mf.GetMetric() {
+					out = append(out, fmt.Sprintf("%s=%v", m.GetLabel()[1].GetValue(), m.GetGauge().GetValue()))
+				}
 			}
 		}
+		slices.Sort(out)
+		return out
 	}
-	slices.Sort(weights)
-	if !slices.Equal(weights, []string{"10.30.0.7:8080=1", "10.30.1.5:8080=1"}) {
-		t.Errorf("b's target weights in its metrics: %v", weights)
-	}
+	waitFor(t, "b's metrics give both targets' weights", func() bool {
+		return slices.Equal(weights(), []string{"10.30.0.7:8080=1", "10.30.1.5:8080=1"})
+	})
 
 	// web-1's peer goes: every node drains it, then drops it.
 	disconnect(t, b, "cnet", "web-1")
