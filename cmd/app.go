@@ -107,16 +107,10 @@ var topCommands = []struct {
 // them is not a command.
 var rootStringFlags = map[string]bool{"state": true, "cni-path": true, "runc-root": true}
 
-// commandWord finds the command args name (args[0] is the program): the
-// first word that is neither a global flag nor a global flag's value. ok is
-// false when every command is needed: completion asked for (anywhere), or
-// help or "--" before any word.
-func commandWord(args []string) (word string, ok bool) {
-	word, _, ok = commandAt(args)
-	return word, ok
-}
-
-// commandAt is commandWord with the word's index in args.
+// commandAt finds the command args name (args[0] is the program) and its
+// index: the first word that is neither a global flag nor a global flag's
+// value. ok is false when every command is needed: completion asked for
+// (anywhere), or help or "--" before any word.
 func commandAt(args []string) (word string, at int, ok bool) {
 	if slices.Contains(args, "--generate-shell-completion") {
 		return "", 0, false

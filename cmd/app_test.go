@@ -496,26 +496,27 @@ func TestCompletionUsageError(t *testing.T) {
 	}
 }
 
-func TestCommandWord(t *testing.T) {
+func TestCommandAt(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
 		args []string
 		word string
+		at   int
 		ok   bool
 	}{
-		{[]string{"circuit"}, "", true},
-		{[]string{"circuit", "--state", "/s", "--cni-path=/c", "--debug"}, "", true},
-		{[]string{"circuit", "--state", "network", "lb", "list"}, "lb", true},
-		{[]string{"circuit", "-runc-root", "/r", "network", "list"}, "network", true},
-		{[]string{"circuit", "--state=/s", "version"}, "version", true},
-		{[]string{"circuit", "network", "--generate-shell-completion"}, "", false},
-		{[]string{"circuit", "--", "network"}, "", false},
-		{[]string{"circuit", "--state", "/s", "-h"}, "", false},
-		{[]string{"circuit", "network", "--help"}, "network", true},
+		{[]string{"circuit"}, "", 0, true},
+		{[]string{"circuit", "--state", "/s", "--cni-path=/c", "--debug"}, "", 0, true},
+		{[]string{"circuit", "--state", "network", "lb", "list"}, "lb", 3, true},
+		{[]string{"circuit", "-runc-root", "/r", "network", "list"}, "network", 3, true},
+		{[]string{"circuit", "--state=/s", "version"}, "version", 2, true},
+		{[]string{"circuit", "network", "--generate-shell-completion"}, "", 0, false},
+		{[]string{"circuit", "--", "network"}, "", 0, false},
+		{[]string{"circuit", "--state", "/s", "-h"}, "", 0, false},
+		{[]string{"circuit", "network", "--help"}, "network", 1, true},
 	} {
-		word, ok := commandWord(c.args)
-		if word != c.word || ok != c.ok {
-			t.Errorf("commandWord(%q) = %q, %v; want %q, %v", c.args, word, ok, c.word, c.ok)
+		word, at, ok := commandAt(c.args)
+		if word != c.word || at != c.at || ok != c.ok {
+			t.Errorf("commandAt(%q) = %q, %d, %v; want %q, %d, %v", c.args, word, at, ok, c.word, c.at, c.ok)
 		}
 	}
 }

@@ -49,7 +49,7 @@ var allowed = []struct {
 }
 
 // etcdClients are the only directories whose code may import etcd: the
-// circuit binary must not link it (see TestBinaryLinksNoEtcd). The
+// circuit binary must not link it (see TestBinaryLinksNoEtcdOrHTTP). The
 // integration tests (test files only) compact etcd under an agent.
 var etcdClients = []string{"ds/etcd", "agent", "integration"}
 
@@ -166,7 +166,7 @@ func TestNoBenchmarkDependencies(t *testing.T) {
 // link net/http, TLS or OpenTelemetry (which libcni 1.3.1 brings): their
 // package init alone costs every container start milliseconds
 // (docs/benchmarks.md, section 8).
-func TestBinaryLinksNoEtcd(t *testing.T) {
+func TestBinaryLinksNoEtcdOrHTTP(t *testing.T) {
 	if testutil.InVM() {
 		t.Skip("the VM has no go tool; the unit tier runs this")
 	}
